@@ -1,0 +1,36 @@
+"""Variance estimator ``h_φ(Î_f, I_f) -> s = log σ²`` (2D or 3D, channels-last).
+
+The VoxelMorph U-Net (same encoder/decoder widths) on ``concat(warped, fixed)`` (input order:
+warped moving image first, fixed image second; each ``[B, *S, 1]``) followed by a ``3**ndim`` conv
+to one channel. The output ``[B, *S, 1]`` is an unconstrained log-variance (no activation).
+
+Head initialisation: PyTorch's ``Conv`` default, like every U-Net conv (weights and bias uniform in
+``±1/sqrt(fan_in)``), as in the reference code, which leaves this layer at its default init. At
+initialisation the output is therefore O(0.1), i.e. σ² ≈ 1, not exactly zero.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hetreg_jax.models.unet import DEC_FEATURES, ENC_FEATURES, UNet, conv_layer
+
+
+class VarianceUNet(nn.Module):
+    """``(warped [B, *S, 1], fixed [B, *S, 1]) -> log σ² [B, *S, 1]``."""
+
+    enc_features: Sequence[int] = ENC_FEATURES
+    dec_features: Sequence[int] = DEC_FEATURES
+
+    @nn.compact
+    def __call__(self, warped: jax.Array, fixed: jax.Array) -> jax.Array:
+        if warped.shape != fixed.shape:
+            raise ValueError(f"warped {warped.shape} and fixed {fixed.shape} must have one shape")
+        ndim = warped.ndim - 2
+        features = UNet(self.enc_features, self.dec_features, name="unet")(
+            jnp.concatenate([warped, fixed], axis=-1))
+        return conv_layer(1, ndim, features.shape[-1], name="log_var")(features)
