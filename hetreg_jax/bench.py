@@ -1,0 +1,108 @@
+"""Speed and memory benchmark of the full alternating training step and of inference.
+
+    python -m hetreg_jax.bench --config=configs/acdc.py [--steps=30] [--config.batch_size=8]
+
+Prints compile time, steady-state training pairs/s (one motion step + one variance step per
+iteration, as trained), inference pairs/s (displacement + warped image), and peak memory (device
+bytes on GPU/TPU; the process's peak resident set on CPU). The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from hetreg_jax import sharding, spatial, train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+flags.DEFINE_integer("steps", 30, "Timed training iterations (after one compile and one warm-up call).")
+flags.DEFINE_integer("infer_batches", 30, "Timed inference batches.")
+flags.mark_flags_as_required(["config"])
+
+
+def _random_batch(config, mesh, rng):
+    shape = (config.batch_size, *config.data.image_size, 1)
+    local = {k: rng.random(shape, dtype=np.float32) for k in ("moving", "fixed")}
+    return sharding.global_batch(local, mesh)
+
+
+def _peak_memory_mb() -> tuple[float, str]:
+    device = jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20, f"{device.platform} peak_bytes_in_use"
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, "process peak RSS"
+
+
+def benchmark(config, steps: int, infer_batches: int) -> dict:
+    trainer = train.Trainer(config)
+    rng = np.random.default_rng(0)
+    batch = _random_batch(config, trainer.mesh, rng)
+    state = trainer.init_state()
+    step_fn = trainer.train_step(trainer.phase(10**9))  # the steady-state phase
+
+    t0 = time.perf_counter()
+    state, measures = step_fn(state, batch)
+    jax.block_until_ready(measures)
+    compile_s = time.perf_counter() - t0
+    state, measures = step_fn(state, batch)  # warm-up
+    jax.block_until_ready(measures)
+
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, measures = step_fn(state, batch)
+    jax.block_until_ready((state, measures))
+    train_s = time.perf_counter() - t0
+
+    @jax.jit
+    def register(params, moving, fixed):
+        disp = trainer._motion_apply(params, moving, fixed)["displacement"]
+        return disp, spatial.warp(moving, disp)
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(register(state.motion_params, batch["moving"], batch["fixed"]))
+    infer_compile_s = time.perf_counter() - t0
+    jax.block_until_ready(register(state.motion_params, batch["moving"], batch["fixed"]))
+    t0 = time.perf_counter()
+    for _ in range(infer_batches):
+        out = register(state.motion_params, batch["moving"], batch["fixed"])
+    jax.block_until_ready(out)
+    infer_s = time.perf_counter() - t0
+
+    peak_mb, peak_kind = _peak_memory_mb()
+    return {
+        "model": config.model, "method": config.method, "image_size": list(config.data.image_size),
+        "batch_size": config.batch_size, "devices": f"{len(jax.devices())}x {jax.devices()[0].device_kind}",
+        "compile_s": round(compile_s, 2), "infer_compile_s": round(infer_compile_s, 2),
+        "train_pairs_per_s": round(steps * config.batch_size / train_s, 2),
+        "train_steps_per_s": round(steps / train_s, 3),
+        "infer_pairs_per_s": round(infer_batches * config.batch_size / infer_s, 2),
+        "peak_memory_mb": round(peak_mb, 1), "peak_memory_kind": peak_kind,
+        "final_loss_finite": bool(np.isfinite(float(measures["motion_loss"]))),
+    }
+
+
+def main(argv):
+    del argv
+    result = benchmark(FLAGS.config, FLAGS.steps, FLAGS.infer_batches)
+    print(f"device            {result['devices']}")
+    print(f"model / method    {result['model']} / {result['method']}, {result['image_size']}, "
+          f"batch {result['batch_size']}")
+    print(f"compile           {result['compile_s']:.2f} s (train step), {result['infer_compile_s']:.2f} s (inference)")
+    print(f"training          {result['train_pairs_per_s']:.1f} pairs/s ({result['train_steps_per_s']:.2f} steps/s)")
+    print(f"inference         {result['infer_pairs_per_s']:.1f} pairs/s")
+    print(f"peak memory       {result['peak_memory_mb']:.0f} MiB ({result['peak_memory_kind']})")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    app.run(main)

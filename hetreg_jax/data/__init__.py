@@ -1,0 +1,1 @@
+"""Data: synthetic cardiac phantoms, dataset loaders and the batch pipeline."""

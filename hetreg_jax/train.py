@@ -1,0 +1,387 @@
+"""Pure, jit-compiled motion / variance steps and the training loop.
+
+One iteration of "ours" (METHOD.md, Training):
+1. ``motion_step``: forward the displacement estimator, warp, query the (frozen) variance estimator
+   on ``(stop_gradient(warped), fixed)`` for a constant SNR weight map, update theta with Adam;
+2. ``variance_step``: a fresh forward with the updated theta (no gradient to theta), then update phi
+   with beta-NLL.
+Each step returns a new state and a dict of scalar measurements; the state is donated.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hetreg_jax import losses, methods, sharding, spatial
+from hetreg_jax import train_state as ts
+from hetreg_jax.models import get_model
+
+# Predicted log-variance is clipped to this range (sigma from 5.5e-4 to 1.8e3 for images in [0, 1])
+# so that exp(-log_var) in the SNR and the beta-NLL can never overflow float32.
+LOG_VAR_RANGE = (-15.0, 15.0)
+
+PHASES = ("motion", "motion_warmup", "variance", "alternating")
+
+
+def motion_model_kwargs(config) -> dict:
+    """Constructor arguments of the displacement estimator named by ``config.model``."""
+    if config.model == "voxelmorph":
+        m = config.motion
+        return dict(enc_features=tuple(m.enc_features), dec_features=tuple(m.dec_features),
+                    int_steps=m.int_steps, int_downsize=m.int_downsize, bidirectional=m.bidirectional)
+    if config.model == "transmorph":
+        from hetreg_jax.models.transmorph import transmorph_config
+        return transmorph_config(len(config.data.image_size), tuple(config.data.image_size))
+    raise ValueError(f"config.model={config.model!r}; known: 'voxelmorph', 'transmorph'")
+
+
+def motion_schedule(config) -> optax.Schedule | float:
+    """Constant motion lr, or the TransMorph polynomial decay lr * (1 - epoch/epochs)^0.9."""
+    lr = config.optim.motion_lr
+    if config.optim.motion_schedule == "constant":
+        return lr
+    if config.optim.motion_schedule == "poly":
+        epochs = max(1, config.num_steps // config.steps_per_epoch)
+
+        def schedule(count):
+            epoch = jnp.minimum(count // config.steps_per_epoch, epochs)
+            return lr * (1.0 - epoch / epochs) ** 0.9
+        return schedule
+    raise ValueError(f"config.optim.motion_schedule={config.optim.motion_schedule!r}; "
+                     "known: 'constant', 'poly'")
+
+
+class Trainer:
+    """Models, optimisers and the jitted steps for one config on one mesh."""
+
+    def __init__(self, config, mesh: jax.sharding.Mesh | None = None):
+        self.config = config
+        self.method = methods.get_method(config.method)
+        self.image_size = tuple(config.data.image_size)
+        self.ndim = len(self.image_size)
+        self.mesh = mesh if mesh is not None else sharding.make_mesh()
+        self.motion_model = get_model(config.model, **motion_model_kwargs(config))
+        self.variance_model = None
+        if self.method.uses_variance:
+            v = config.variance
+            self.variance_model = get_model("variance_unet", enc_features=tuple(v.enc_features),
+                                            dec_features=tuple(v.dec_features))
+        self.motion_tx = optax.adam(motion_schedule(config))
+        self.variance_tx = optax.adam(config.optim.variance_lr)
+        self.bidirectional = config.model == "voxelmorph" and config.motion.bidirectional
+        repl = sharding.replicated(self.mesh)
+        jit_step = functools.partial(jax.jit, donate_argnums=0, out_shardings=(repl, repl))
+        self.motion_step = jit_step(functools.partial(self._motion_step, weighted=self.method.uses_variance))
+        self.variance_step = jit_step(self._variance_step)
+        self._iterations = {
+            "motion": jit_step(self._iteration("motion")),
+            "motion_warmup": jit_step(self._iteration("motion_warmup")),
+            "variance": jit_step(self._iteration("variance")),
+            "alternating": jit_step(self._iteration("alternating")),
+        }
+        self.predict = jax.jit(self._predict, out_shardings=sharding.batch_sharding(self.mesh))
+
+    # ----------------------------------------------------------------------------- set-up
+    def init_state(self, seed: int | None = None) -> ts.TrainState:
+        """Fresh parameters and optimiser states, replicated over the mesh."""
+        seed = self.config.seed if seed is None else seed
+        k_motion, k_var = jax.random.split(jax.random.key(seed))
+        dummy = jnp.zeros((1, *self.image_size, 1), jnp.float32)
+        motion_params = self.motion_model.init(k_motion, dummy, dummy)["params"]
+        variance_params = {}
+        if self.variance_model is not None:
+            variance_params = self.variance_model.init(k_var, dummy, dummy)["params"]
+        state = ts.create(motion_params, variance_params, self.motion_tx, self.variance_tx)
+        return sharding.replicate(state, self.mesh)
+
+    def abstract_state(self) -> Any:
+        """Shapes, dtypes and shardings of the state, without allocating it."""
+        shapes = jax.eval_shape(self.init_state)
+        repl = sharding.replicated(self.mesh)
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
+
+    def phase(self, step: int) -> str:
+        """Which update runs at ``step`` (0-based): see PHASES."""
+        if not self.method.uses_variance:
+            return "motion"
+        if self.config.warm_start:
+            warm = self.config.warm_start_epochs * self.config.steps_per_epoch
+            if step < warm:
+                return "motion_warmup"
+            if step < 2 * warm:
+                return "variance"
+        return "alternating"
+
+    def train_step(self, phase: str) -> Callable:
+        """The jitted ``(state, batch) -> (state, measurements)`` of one iteration in ``phase``."""
+        return self._iterations[phase]
+
+    # ----------------------------------------------------------------------------- forward
+    def _motion_apply(self, params, moving, fixed, rng=None):
+        kwargs = {}
+        if self.config.model == "transmorph":
+            kwargs = dict(train=rng is not None, rngs={"dropout": rng} if rng is not None else None)
+        out = self.motion_model.apply({"params": params}, moving, fixed, **kwargs)
+        if not isinstance(out, dict):
+            out = {"displacement": out, "velocity": out}
+        return out
+
+    def _log_var(self, params, warped, fixed):
+        log_var = self.variance_model.apply({"params": params}, warped, fixed)
+        return jnp.clip(log_var, *LOG_VAR_RANGE)
+
+    def _mask(self, moving, fixed):
+        return losses.foreground_mask(moving, fixed) if self.config.loss.use_mask else None
+
+    def _direction_loss(self, variance_params, source, target, displacement, weighted):
+        """Similarity of ``warp(source, displacement)`` to ``target`` (one direction)."""
+        warped = spatial.warp(source, displacement)
+        mask = self._mask(source, target)
+        weight = None
+        if weighted:
+            log_var = self._log_var(variance_params, jax.lax.stop_gradient(warped), target)
+            cfg = self.config.loss
+            weight = losses.snr_weight(target, log_var, cfg.gamma, form=cfg.snr_form, mask=mask)
+        return methods.similarity(self.method, self.config.loss, target, warped, weight, mask)
+
+    def _motion_loss(self, motion_params, variance_params, batch, rng, weighted):
+        moving, fixed = batch["moving"], batch["fixed"]
+        out = self._motion_apply(motion_params, moving, fixed, rng)
+        sim = self._direction_loss(variance_params, moving, fixed, out["displacement"], weighted)
+        if self.bidirectional:
+            back = self._direction_loss(variance_params, fixed, moving, out["inverse_displacement"], weighted)
+            sim = 0.5 * (sim + back)
+        reg = losses.smoothness(out["velocity"])
+        cfg = self.config.loss
+        total = sim + cfg.smooth_weight * cfg.reg_scale * reg
+        return total, {"motion_loss": total, "similarity": sim, "smoothness": reg}
+
+    # ----------------------------------------------------------------------------- steps
+    def _dropout_rng(self, step):
+        return jax.random.fold_in(jax.random.key(self.config.seed), step)
+
+    def _motion_step(self, state: ts.TrainState, batch, weighted: bool = True):
+        """Update theta only; phi is read (for the weight map) but never changed."""
+        rng = self._dropout_rng(state.step) if self.config.model == "transmorph" else None
+        grad_fn = jax.value_and_grad(self._motion_loss, has_aux=True)
+        (_, measures), grads = grad_fn(state.motion_params, state.variance_params, batch, rng, weighted)
+        updates, opt_state = self.motion_tx.update(grads, state.motion_opt_state, state.motion_params)
+        params = optax.apply_updates(state.motion_params, updates)
+        measures["motion_grad_norm"] = optax.tree.norm(grads)
+        return state.replace(motion_params=params, motion_opt_state=opt_state), measures
+
+    def _variance_step(self, state: ts.TrainState, batch):
+        """Fresh forward with the current theta (no gradient to it), then update phi with beta-NLL."""
+        moving, fixed = batch["moving"], batch["fixed"]
+        out = self._motion_apply(state.motion_params, moving, fixed)
+        warped = jax.lax.stop_gradient(spatial.warp(moving, out["displacement"]))
+        mask = self._mask(moving, fixed)
+        beta = self.config.loss.beta
+
+        def loss_fn(params):
+            return losses.beta_nll(fixed, warped, self._log_var(params, warped, fixed), beta=beta, mask=mask)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.variance_params)
+        updates, opt_state = self.variance_tx.update(grads, state.variance_opt_state, state.variance_params)
+        params = optax.apply_updates(state.variance_params, updates)
+        measures = {"variance_loss": loss, "variance_grad_norm": optax.tree.norm(grads)}
+        return state.replace(variance_params=params, variance_opt_state=opt_state), measures
+
+    def _iteration(self, phase: str) -> Callable:
+        def iterate(state, batch):
+            measures = {}
+            if phase in ("motion", "motion_warmup", "alternating"):
+                state, m = self._motion_step(state, batch, weighted=phase == "alternating")
+                measures.update(m)
+            if phase in ("variance", "alternating"):
+                state, m = self._variance_step(state, batch)
+                measures.update(m)
+            finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in measures.values()]))
+            measures["all_finite"] = finite.astype(jnp.float32)
+            return state.replace(step=state.step + 1), measures
+        return iterate
+
+    def _predict(self, state: ts.TrainState, batch):
+        """Inference on a batch: displacement, warped image and label, and log-variance if any."""
+        moving, fixed = batch["moving"], batch["fixed"]
+        disp = self._motion_apply(state.motion_params, moving, fixed)["displacement"]
+        warped = spatial.warp(moving, disp)
+        out = {"displacement": disp, "warped": warped}
+        if "moving_myo" in batch:
+            out["warped_myo"] = spatial.warp(batch["moving_myo"], disp)
+        if self.variance_model is not None:
+            log_var = self._log_var(state.variance_params, warped, fixed)
+            out["log_var"] = log_var
+            out["weight"] = losses.snr_weight(fixed, log_var, self.config.loss.gamma,
+                                              form=self.config.loss.snr_form, mask=self._mask(moving, fixed))
+        return out
+
+
+class Progress:
+    """Terminal progress: step, phase, losses, steps/s, pairs/s and ETA."""
+
+    def __init__(self, total: int, start: int, batch_size: int):
+        self.total, self.start, self.batch_size = total, start, batch_size
+        self.t0, self.last_t, self.last_step = time.time(), time.time(), start
+
+    def line(self, step: int, phase: str, measures: dict) -> str:
+        now = time.time()
+        rate = (step - self.last_step) / max(now - self.last_t, 1e-9)
+        self.last_t, self.last_step = now, step
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        keys = [k for k in ("motion_loss", "similarity", "smoothness", "variance_loss") if k in measures]
+        losses_txt = " ".join(f"{k}={measures[k]:.5f}" for k in keys)
+        return (f"step {step}/{self.total} [{phase}] {losses_txt} | {rate:.2f} steps/s "
+                f"{rate * self.batch_size:.1f} pairs/s | ETA {_fmt_seconds(eta)}")
+
+
+def _fmt_seconds(s: float) -> str:
+    if not np.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def check_finite(step: int, phase: str, measures: dict) -> None:
+    """Stop the run on a non-finite loss or gradient, naming the step, the phase and the term."""
+    bad = [k for k, v in measures.items() if k != "all_finite" and not np.isfinite(v)]
+    if bad:
+        raise FloatingPointError(
+            f"non-finite {', '.join(bad)} at step {step} (phase {phase}); the last good checkpoint is kept")
+
+
+def save_config(config, workdir: str) -> None:
+    """Write the run's config next to its outputs (``config.json``), once."""
+    path = os.path.join(workdir, "config.json")
+    if jax.process_index() == 0 and not os.path.exists(path):
+        os.makedirs(workdir, exist_ok=True)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        os.replace(path + ".tmp", path)
+
+
+def validate_config(config) -> None:
+    """Refuse settings that cannot run, naming the key."""
+    for key in ("num_steps", "batch_size", "steps_per_epoch", "log_every", "checkpoint_every"):
+        if int(config[key]) <= 0:
+            raise ValueError(f"config.{key} must be positive, got {config[key]}")
+    if config.eval_every < 0:
+        raise ValueError(f"config.eval_every must be >= 0, got {config.eval_every}")
+    if len(config.data.image_size) not in (2, 3):
+        raise ValueError(f"config.data.image_size must have 2 or 3 entries, got {config.data.image_size}")
+    methods.get_method(config.method)
+
+
+def _checkpoint_meta(config, step: int) -> dict:
+    return {"step": int(step), "model": config.model, "method": config.method,
+            "image_size": list(config.data.image_size)}
+
+
+def restore_or_init(trainer: Trainer, ckpt, config) -> ts.TrainState:
+    """The latest checkpoint's state if there is one (same model/method/size), else a fresh one."""
+    if ckpt.latest_step() is None:
+        return trainer.init_state()
+    meta = ckpt.restore_meta()
+    expected = _checkpoint_meta(config, meta.get("step", 0))
+    for key in ("model", "method", "image_size"):
+        if meta.get(key) != expected[key]:
+            raise ValueError(f"checkpoint in {ckpt.directory} was trained with {key}={meta.get(key)!r}, "
+                             f"but the config has {key}={expected[key]!r}")
+    state, _ = ckpt.restore(trainer.abstract_state())
+    return state
+
+
+def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = None) -> dict:
+    """Train (resuming from the latest checkpoint in ``workdir``), then evaluate on the test split.
+
+    Returns the test summary that is also written to ``workdir/eval/test_metrics.json``.
+    """
+    from hetreg_jax import evaluation
+    from hetreg_jax.checkpointing import Checkpointer
+    from hetreg_jax.data import pipeline
+    from hetreg_jax.writers import MetricWriter
+
+    validate_config(config)
+    splits = pipeline.load_splits(config)
+    trainer = Trainer(config, mesh)
+    rows = sharding.process_slice(config.batch_size)
+    sharding.check_batch_size(config.batch_size, trainer.mesh)
+    save_config(config, workdir)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    state = restore_or_init(trainer, ckpt, config)
+    start = int(jax.device_get(state.step))
+    if start:
+        print(f"resuming from step {start} ({ckpt.directory})", flush=True)
+    writer = MetricWriter(workdir)
+    progress = Progress(config.num_steps, start, config.batch_size)
+    train = splits["train"]
+    try:
+        for step in range(start, config.num_steps):
+            batch = sharding.global_batch(
+                pipeline.training_batch(train, config.seed, step, config.batch_size, rows), trainer.mesh)
+            phase = trainer.phase(step)
+            state, measures = trainer.train_step(phase)(state, batch)
+            done = step + 1
+            last = done == config.num_steps
+            if done % config.log_every == 0 or done % config.checkpoint_every == 0 or last:
+                measures = {k: float(v) for k, v in jax.device_get(measures).items()}
+                check_finite(done, phase, measures)
+                writer.write(done, measures)
+                if done % config.log_every == 0 or last:
+                    print(progress.line(done, phase, measures), flush=True)
+            if config.eval_every and done % config.eval_every == 0:
+                dice = evaluation.validation_dice(trainer, state, splits["val"], config)
+                writer.write(done, {"val_dice": dice})
+                print(f"step {done}: validation Dice {dice:.2f}%", flush=True)
+            if done % config.checkpoint_every == 0 or last:
+                ckpt.save(done, state, _checkpoint_meta(config, done))
+        summary = evaluation.evaluate(trainer, state, splits["test"], config,
+                                      os.path.join(workdir, "eval"))
+    finally:
+        writer.close()
+        ckpt.close()
+    _print_summary(summary)
+    return summary
+
+
+def evaluate_checkpoint(config, workdir: str, mesh: jax.sharding.Mesh | None = None) -> dict:
+    """Evaluate the latest checkpoint of ``workdir`` on the test split (``--mode=eval``)."""
+    from hetreg_jax import evaluation
+    from hetreg_jax.checkpointing import Checkpointer
+    from hetreg_jax.data import pipeline
+
+    validate_config(config)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
+    ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
+    try:
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
+        trainer = Trainer(config, mesh)
+        state = restore_or_init(trainer, ckpt, config)
+    finally:
+        ckpt.close()
+    splits = pipeline.load_splits(config)
+    summary = evaluation.evaluate(trainer, state, splits["test"], config, os.path.join(workdir, "eval"))
+    _print_summary(summary)
+    return summary
+
+
+def _print_summary(summary: dict) -> None:
+    def fmt(d, key):
+        s = d.get(key)
+        return f"{s['mean']:.2f} ± {s['std']:.2f}" if s and s["mean"] == s["mean"] else "n/a"
+    print(f"test pairs: {summary['n_evaluated']} evaluated, {summary['n_excluded']} excluded", flush=True)
+    for key in ("dice", "hd", "asd", "folding_percent", "epe"):
+        if key in summary:
+            print(f"  {key:16s} registered {fmt(summary, key):>18s}   undeformed "
+                  f"{fmt(summary['undeformed'], key):>18s}", flush=True)

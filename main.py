@@ -1,0 +1,64 @@
+"""hetreg_jax command line: train and evaluate, or evaluate a trained workdir.
+
+    python main.py --config=configs/acdc.py --workdir=runs/acdc            # train, then test
+    python main.py --config=configs/acdc.py --workdir=runs/acdc --mode=eval
+
+Any config field can be overridden, e.g. --config.num_steps=500 --config.method=mse.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and reports.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train: train then test; eval: test the latest checkpoint.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# Errors a user can cause and fix: reported in one line (the traceback only with --verbosity=1).
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, KeyError, TypeError)
+
+
+def run(argv):
+    del argv
+    import jax
+
+    from hetreg_jax import train
+
+    if jax.process_count() > 1:
+        logging.info("process %d of %d", jax.process_index(), jax.process_count())
+    config = FLAGS.config
+    if FLAGS.mode == "train":
+        train.train_and_evaluate(config, FLAGS.workdir)
+    else:
+        train.evaluate_checkpoint(config, FLAGS.workdir)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).replace("\\n", " ").split())
+    return text.strip("'\"").replace("\\'", "'").replace("\\\"", '"')
+
+
+def parse_flags(argv):
+    """absl flag parsing, with config errors (a mistyped key, a bad value) reported in one line."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv):
+    try:
+        run(argv)
+    except USER_ERRORS as exc:
+        if FLAGS.verbosity >= 1:
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

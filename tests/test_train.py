@@ -1,0 +1,158 @@
+"""The training pipeline on tiny configs: alternating steps, resume, devices, end to end."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hetreg_jax import sharding, train
+from hetreg_jax.data import pipeline
+from conftest import make_tiny_config
+
+
+def _host(tree):
+    return jax.tree.map(lambda x: np.array(jax.device_get(x)), tree)
+
+
+def _batch(trainer, config, step=0):
+    splits = pipeline.load_splits(config)
+    local = pipeline.training_batch(splits["train"], config.seed, step, config.batch_size,
+                                    sharding.process_slice(config.batch_size))
+    return sharding.global_batch(local, trainer.mesh)
+
+
+def _assert_trees_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def _max_tree_diff(a, b):
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.fixture(scope="module")
+def trainer_and_batch():
+    config = make_tiny_config()
+    trainer = train.Trainer(config)
+    return config, trainer, _batch(trainer, config)
+
+
+def test_motion_step_leaves_variance_params_bit_identical(trainer_and_batch):
+    _, trainer, batch = trainer_and_batch
+    state = trainer.init_state()
+    before = _host(state)
+    new, measures = trainer.motion_step(state, batch)
+    after = _host(new)
+    _assert_trees_equal(before.variance_params, after.variance_params)
+    _assert_trees_equal(before.variance_opt_state, after.variance_opt_state)
+    assert _max_tree_diff(before.motion_params, after.motion_params) > 0
+    assert np.isfinite(float(measures["motion_loss"]))
+
+
+def test_variance_step_leaves_motion_params_bit_identical(trainer_and_batch):
+    _, trainer, batch = trainer_and_batch
+    state = trainer.init_state()
+    before = _host(state)
+    new, measures = trainer.variance_step(state, batch)
+    after = _host(new)
+    _assert_trees_equal(before.motion_params, after.motion_params)
+    _assert_trees_equal(before.motion_opt_state, after.motion_opt_state)
+    assert _max_tree_diff(before.variance_params, after.variance_params) > 0
+    assert np.isfinite(float(measures["variance_loss"]))
+
+
+def test_no_gradient_flows_through_the_weight_map(trainer_and_batch):
+    _, trainer, batch = trainer_and_batch
+    state = trainer.init_state()
+    grad_fn = jax.grad(lambda vp, mp: trainer._motion_loss(mp, vp, batch, None, True)[0], argnums=(0, 1))
+    g_var, g_motion = grad_fn(state.variance_params, state.motion_params)
+    assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(g_var))
+    assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(g_motion)) > 0
+    # ...while the weight itself does depend on the variance net (it is not a constant by accident).
+    moving, fixed = batch["moving"], batch["fixed"]
+    lv = trainer._log_var(state.variance_params, moving, fixed)
+    w = train.losses.snr_weight(fixed, lv, 0.5, mask=trainer._mask(moving, fixed))
+    assert float(jnp.std(w)) > 0
+
+
+def test_step_on_four_devices_matches_one_device(tiny_config):
+    assert len(jax.devices()) == 4
+    config = tiny_config()
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        trainer = train.Trainer(config, sharding.make_mesh(devices))
+        state = trainer.init_state()
+        batch = _batch(trainer, config)
+        assert batch["moving"].sharding.num_devices == len(devices)
+        state, measures = trainer.train_step("alternating")(state, batch)
+        results.append((_host(state), float(measures["motion_loss"])))
+    (s1, l1), (s4, l4) = results
+    assert abs(l1 - l4) < 1e-5 * max(1.0, abs(l1))
+    assert _max_tree_diff(s1.motion_params, s4.motion_params) < 1e-6
+    assert _max_tree_diff(s1.variance_params, s4.variance_params) < 1e-6
+
+
+def test_batch_order_depends_only_on_seed_and_step():
+    a = pipeline.batch_indices(0, 7, 100, 8)
+    np.testing.assert_array_equal(a, pipeline.batch_indices(0, 7, 100, 8))
+    assert not np.array_equal(a, pipeline.batch_indices(0, 8, 100, 8))
+    assert not np.array_equal(a, pipeline.batch_indices(1, 7, 100, 8))
+
+
+def test_warm_start_phases_and_mse_method(tiny_config):
+    config = tiny_config(warm_start=True, warm_start_epochs=2, steps_per_epoch=3)
+    trainer = train.Trainer(config)
+    phases = [trainer.phase(s) for s in range(14)]
+    assert phases == ["motion_warmup"] * 6 + ["variance"] * 6 + ["alternating"] * 2
+    mse = train.Trainer(tiny_config(method="mse"))
+    assert mse.phase(0) == "motion" and mse.variance_model is None
+
+
+def test_poly_schedule_decays_by_epoch(tiny_config):
+    config = tiny_config(num_steps=400, steps_per_epoch=100)
+    config.optim.motion_schedule = "poly"
+    schedule = train.motion_schedule(config)
+    lr = config.optim.motion_lr
+    np.testing.assert_allclose(float(schedule(0)), lr)
+    np.testing.assert_allclose(float(schedule(99)), lr)
+    np.testing.assert_allclose(float(schedule(250)), lr * (1 - 2 / 4) ** 0.9, rtol=1e-6)
+
+
+def test_train_and_evaluate_then_resume_matches_uninterrupted(tmp_path, tiny_config):
+    config = tiny_config()
+    full_dir, split_dir = str(tmp_path / "full"), str(tmp_path / "split")
+    summary = train.train_and_evaluate(config, full_dir)
+
+    # Outputs of a run.
+    with open(os.path.join(full_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records] == [2, 3, 4, 6]
+    assert {"motion_loss", "variance_loss", "similarity", "smoothness"} <= set(records[-1])
+    assert os.path.isdir(os.path.join(full_dir, "tensorboard"))
+    with open(os.path.join(full_dir, "eval", "test_metrics.json")) as f:
+        report = json.load(f)
+    for key in ("dice", "hd", "hd95", "asd", "assd", "folding_percent", "sd_log_jacobian", "epe"):
+        assert key in report and key in report["undeformed"], key
+    assert report["n_pairs"] == report["n_evaluated"] + report["n_excluded"] > 0
+    assert report["dice"]["n"] == report["n_evaluated"]
+    assert "ause" in report
+    with open(os.path.join(full_dir, "eval", "test_per_pair.csv")) as f:
+        assert len(f.read().strip().splitlines()) == report["n_evaluated"] + 1
+    assert summary["dice"]["mean"] == report["dice"]["mean"]
+
+    # Interrupted after step 3 (a checkpoint), then resumed: identical final parameters.
+    train.train_and_evaluate(tiny_config(num_steps=3), split_dir)
+    resumed = train.train_and_evaluate(config, split_dir)
+    trainer = train.Trainer(config)
+    from hetreg_jax.checkpointing import Checkpointer
+    states = []
+    for d in (full_dir, split_dir):
+        ckpt = Checkpointer(os.path.join(d, "checkpoints"))
+        assert ckpt.latest_step() == 6
+        states.append(_host(ckpt.restore(trainer.abstract_state())[0]))
+        ckpt.close()
+    _assert_trees_equal(states[0], states[1])
+    assert resumed["dice"]["mean"] == summary["dice"]["mean"]
