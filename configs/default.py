@@ -11,7 +11,7 @@ from ml_collections import config_dict
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0                      # one seed for initialisation, data order and phantoms
-    c.model = "voxelmorph"          # displacement estimator: "voxelmorph" (later "transmorph")
+    c.model = "voxelmorph"          # displacement estimator: "voxelmorph" or "transmorph"
     c.method = "ours"               # "ours" (SNR-weighted MSE + beta-NLL variance net), "mse", "ncc", "mi"
     c.num_steps = 30_000            # training steps (paper: 300 epochs of 100 steps)
     c.steps_per_epoch = 100         # an "epoch" = this many random batches drawn with replacement
@@ -30,6 +30,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.motion.int_downsize = 2       # the velocity is integrated at 1/int_downsize resolution
     c.motion.bidirectional = False  # also warp ES -> ED with the negated velocity (each weighs 0.5)
 
+    c.transmorph = ml_collections.ConfigDict()
+    c.transmorph.embed_dim = 96     # Swin embedding width (decoder widths follow it)
+    c.transmorph.depths = (2, 2, 4, 2)     # Swin blocks per stage
+    c.transmorph.num_heads = (4, 4, 8, 8)  # attention heads per stage
+    c.transmorph.window_size = (0,)  # (0,) = the default for the input's ndim: 8x8 (2D), 4x4x4 (3D)
+    c.transmorph.drop_path_rate = 0.3  # stochastic depth, linspace(0, rate) over the blocks
+
     c.variance = ml_collections.ConfigDict()
     c.variance.enc_features = (16, 32, 32, 32)             # variance U-Net encoder widths
     c.variance.dec_features = (32, 32, 32, 32, 32, 16, 16) # variance U-Net decoder widths
@@ -37,7 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict()
     c.optim.motion_lr = 1e-4        # Adam learning rate of the displacement estimator
     c.optim.variance_lr = 1e-4      # Adam learning rate of the variance estimator (always constant)
-    c.optim.motion_schedule = "constant"  # "constant" or "poly" (lr * (1 - epoch/epochs)^0.9, TransMorph)
+    c.optim.motion_schedule = "auto"  # "constant", "poly" (lr * (1 - epoch/epochs)^0.9) or "auto":
+                                      # poly for TransMorph (the reference's), constant for VoxelMorph
 
     c.loss = ml_collections.ConfigDict()
     c.loss.gamma = 0.5              # SNR exponent: 0 = plain MSE weight, 1 = full confidence

@@ -38,17 +38,28 @@ def motion_model_kwargs(config) -> dict:
         return dict(enc_features=tuple(m.enc_features), dec_features=tuple(m.dec_features),
                     int_steps=m.int_steps, int_downsize=m.int_downsize, bidirectional=m.bidirectional)
     if config.model == "transmorph":
-        from hetreg_jax.models.transmorph import transmorph_config
-        return transmorph_config(len(config.data.image_size), tuple(config.data.image_size))
+        from hetreg_jax.models.transmorph import transmorph_config, validate_input
+        size = tuple(config.data.image_size)
+        kwargs = transmorph_config(len(size), size)
+        t = config.transmorph
+        kwargs.update(embed_dim=t.embed_dim, depths=tuple(t.depths), num_heads=tuple(t.num_heads),
+                      drop_path_rate=t.drop_path_rate)
+        if tuple(t.window_size) != (0,):
+            kwargs["window_size"] = tuple(t.window_size)
+        validate_input(size, kwargs)
+        return kwargs
     raise ValueError(f"config.model={config.model!r}; known: 'voxelmorph', 'transmorph'")
 
 
 def motion_schedule(config) -> optax.Schedule | float:
     """Constant motion lr, or the TransMorph polynomial decay lr * (1 - epoch/epochs)^0.9."""
     lr = config.optim.motion_lr
-    if config.optim.motion_schedule == "constant":
+    kind = config.optim.motion_schedule
+    if kind == "auto":
+        kind = "poly" if config.model == "transmorph" else "constant"
+    if kind == "constant":
         return lr
-    if config.optim.motion_schedule == "poly":
+    if kind == "poly":
         epochs = max(1, config.num_steps // config.steps_per_epoch)
 
         def schedule(count):
@@ -56,7 +67,7 @@ def motion_schedule(config) -> optax.Schedule | float:
             return lr * (1.0 - epoch / epochs) ** 0.9
         return schedule
     raise ValueError(f"config.optim.motion_schedule={config.optim.motion_schedule!r}; "
-                     "known: 'constant', 'poly'")
+                     "known: 'auto', 'constant', 'poly'")
 
 
 class Trainer:

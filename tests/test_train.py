@@ -117,6 +117,7 @@ def test_poly_schedule_decays_by_epoch(tiny_config):
     schedule = train.motion_schedule(config)
     lr = config.optim.motion_lr
     np.testing.assert_allclose(float(schedule(0)), lr)
+    assert train.motion_schedule(tiny_config()) == lr  # "auto" = constant for VoxelMorph
     np.testing.assert_allclose(float(schedule(99)), lr)
     np.testing.assert_allclose(float(schedule(250)), lr * (1 - 2 / 4) ** 0.9, rtol=1e-6)
 
@@ -156,3 +157,23 @@ def test_train_and_evaluate_then_resume_matches_uninterrupted(tmp_path, tiny_con
         ckpt.close()
     _assert_trees_equal(states[0], states[1])
     assert resumed["dice"]["mean"] == summary["dice"]["mean"]
+
+
+def test_transmorph_alternating_step_and_deterministic_eval(tiny_config):
+    config = tiny_config(model="transmorph")
+    config.transmorph.embed_dim = 12
+    config.transmorph.num_heads = (1, 1, 2, 2)
+    config.transmorph.window_size = (2, 2)
+    assert train.motion_schedule(config)(0) == config.optim.motion_lr  # "auto" = poly for TransMorph
+    trainer = train.Trainer(config)
+    state = trainer.init_state()
+    batch = _batch(trainer, config)
+    before = _host(state)
+    state, measures = trainer.train_step("alternating")(state, batch)
+    assert all(np.isfinite(float(v)) for v in measures.values())
+    assert float(measures["motion_grad_norm"]) > 0
+    assert _max_tree_diff(before.motion_params, _host(state.motion_params)) > 0
+    first = np.asarray(trainer.predict(state, batch)["displacement"])
+    np.testing.assert_array_equal(first, np.asarray(trainer.predict(state, batch)["displacement"]))
+    with pytest.raises(ValueError, match="image_size"):
+        train.motion_model_kwargs(tiny_config(model="transmorph", **{"data.image_size": (48, 48)}))
