@@ -1,0 +1,70 @@
+"""Paired comparison of two evaluated runs (the paper's Table 2 t-tests).
+
+    python -m hetreg_jax.compare runs/ours runs/mse [--metrics=dice,hd,asd,epe]
+
+Reads ``<run>/eval/test_per_pair.csv`` of both runs, pairs the rows by ``pair_id`` (a pair missing or
+excluded in either run is left out and counted), and runs scipy's paired t-test (``ttest_rel``) per
+metric, dropping pairs where either value is NaN. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from hetreg_jax import metrics
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("metrics", ["dice", "hd", "hd95", "asd", "assd", "epe"], "Per-pair columns to compare.")
+
+
+def read_per_pair(run: str) -> dict[str, dict[str, str]]:
+    path = os.path.join(run, "eval", "test_per_pair.csv")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no per-pair report (evaluate the run first)")
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row["pair_id"]: row for row in csv.DictReader(f)}
+
+
+def compare(run_a: str, run_b: str, names) -> dict:
+    a, b = read_per_pair(run_a), read_per_pair(run_b)
+    common = sorted(set(a) & set(b))
+    out = {"run_a": run_a, "run_b": run_b, "n_common": len(common),
+           "only_in_a": len(set(a) - set(b)), "only_in_b": len(set(b) - set(a)), "metrics": {}}
+    for name in names:
+        if not common or name not in a[common[0]] or name not in b[common[0]]:
+            continue
+        va = np.array([float(a[p][name] or math.nan) for p in common])
+        vb = np.array([float(b[p][name] or math.nan) for p in common])
+        test = metrics.paired_ttest(va, vb)
+        out["metrics"][name] = {"mean_a": metrics.summarize(va)["mean"],
+                                "mean_b": metrics.summarize(vb)["mean"], **test}
+    return out
+
+
+def main(argv):
+    if len(argv) != 3:
+        print("usage: python -m hetreg_jax.compare RUN_A RUN_B [--metrics=dice,hd]", file=sys.stderr)
+        sys.exit(2)
+    try:
+        result = compare(argv[1], argv[2], FLAGS.metrics)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"A = {argv[1]}\nB = {argv[2]}\npaired pairs: {result['n_common']} "
+          f"(only in A: {result['only_in_a']}, only in B: {result['only_in_b']})")
+    print(f"{'metric':8s} {'mean A':>9s} {'mean B':>9s} {'A - B':>9s} {'t':>8s} {'p':>10s} {'n':>5s}")
+    for name, r in result["metrics"].items():
+        print(f"{name:8s} {r['mean_a']:9.3f} {r['mean_b']:9.3f} {r['mean_diff']:9.3f} {r['t']:8.3f} "
+              f"{r['p']:10.3g} {r['n']:5d}")
+    print(json.dumps(result, default=lambda x: None if isinstance(x, float) and not math.isfinite(x) else x))
+
+
+if __name__ == "__main__":
+    app.run(main)

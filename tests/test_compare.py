@@ -1,0 +1,41 @@
+"""The paired comparison of two runs' per-pair reports."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from hetreg_jax import compare
+
+
+def _write_run(root, rows):
+    os.makedirs(os.path.join(root, "eval"))
+    with open(os.path.join(root, "eval", "test_per_pair.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["pair_id", "dice", "hd"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_pairs_by_id_drops_unmatched_and_nan_and_matches_scipy(tmp_path):
+    a_dice = [80.0, 82.5, 79.0, 90.0, 85.0]
+    b_dice = [78.0, 80.0, 79.5, 86.0, 84.0]
+    _write_run(str(tmp_path / "a"), [{"pair_id": f"p{i}", "dice": d, "hd": 2.0 + i} for i, d in enumerate(a_dice)]
+               + [{"pair_id": "only_a", "dice": 10.0, "hd": 1.0}])
+    # B lists its pairs in another order, and one hd is NaN (empty in the CSV).
+    rows_b = [{"pair_id": f"p{i}", "dice": d, "hd": "" if i == 2 else 2.5 + i} for i, d in enumerate(b_dice)]
+    _write_run(str(tmp_path / "b"), rows_b[::-1])
+    result = compare.compare(str(tmp_path / "a"), str(tmp_path / "b"), ["dice", "hd", "absent"])
+    assert result["n_common"] == 5 and result["only_in_a"] == 1 and result["only_in_b"] == 0
+    expected = stats.ttest_rel(a_dice, b_dice)
+    assert result["metrics"]["dice"]["t"] == pytest.approx(expected.statistic)
+    assert result["metrics"]["dice"]["p"] == pytest.approx(expected.pvalue)
+    assert result["metrics"]["dice"]["mean_diff"] == pytest.approx(np.mean(np.subtract(a_dice, b_dice)))
+    assert result["metrics"]["hd"]["n"] == 4  # the NaN pair is dropped, and counted
+    assert "absent" not in result["metrics"]
+
+
+def test_missing_report_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="test_per_pair.csv"):
+        compare.compare(str(tmp_path / "x"), str(tmp_path / "y"), ["dice"])
