@@ -165,14 +165,19 @@ def jacobian_determinant_np(displacement) -> np.ndarray:
     return np.linalg.det(jac)
 
 
+def _select(values: np.ndarray, mask) -> np.ndarray:
+    """``values`` (``[*S]``) at the voxels of a boolean ``mask``, or all of them when ``mask`` is None."""
+    if mask is None:
+        return values
+    mask = _as_mask(mask)
+    if mask.shape != values.shape:
+        raise ValueError(f"mask shape {mask.shape} != field shape {values.shape}")
+    return values[mask]
+
+
 def folding_percent(displacement, mask=None) -> float:
     """Percentage (0-100) of voxels with ``det J <= 0`` (over ``mask`` if given; empty -> NaN)."""
-    det = jacobian_determinant_np(displacement)
-    if mask is not None:
-        mask = _as_mask(mask)
-        if mask.shape != det.shape:
-            raise ValueError(f"mask shape {mask.shape} != field shape {det.shape}")
-        det = det[mask]
+    det = _select(jacobian_determinant_np(displacement), mask)
     if det.size == 0:
         return float("nan")
     return 100.0 * float(np.count_nonzero(det <= 0)) / det.size
@@ -207,12 +212,7 @@ def endpoint_error(pred, true, mask=None) -> float:
     pred, true = _as_field(pred), _as_field(true)
     if pred.shape != true.shape:
         raise ValueError(f"field shapes differ: {pred.shape} vs {true.shape}")
-    norm = np.linalg.norm(pred - true, axis=-1)
-    if mask is not None:
-        mask = _as_mask(mask)
-        if mask.shape != norm.shape:
-            raise ValueError(f"mask shape {mask.shape} != field shape {norm.shape}")
-        norm = norm[mask]
+    norm = _select(np.linalg.norm(pred - true, axis=-1), mask)
     if norm.size == 0:
         return float("nan")
     return float(norm.mean())
