@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss.mi_bins = 32             # histogram bins of the MI baseline
 
     c.data = ml_collections.ConfigDict()
-    c.data.dataset = "acdc"         # "acdc", "camus" or "echo3d" (phantom kind when root is None)
+    c.data.dataset = "acdc"         # "acdc", "camus", "echo3d": phantom kind; with a root, breaks layout ties
     c.data.root = config_dict.placeholder(str)  # dataset folder; None = built-in synthetic phantoms
     c.data.image_size = (128, 128)  # network input size (2D or 3D)
     c.data.synthetic_subjects = 40  # number of phantom subjects (split 60/20/20 by subject)

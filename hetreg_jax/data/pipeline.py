@@ -5,6 +5,12 @@ A split is a dict of stacked numpy arrays: ``moving``/``fixed`` ``[N, *S, 1]`` f
 ``displacement`` ``[N, *S, ndim]`` (ground truth, phantoms only) and ``noise_sigma`` ``[N, *S, 1]``,
 plus the lists ``subject`` and ``pair_id``.
 
+On-disk datasets (``config.data.root`` set) add ``spacing`` ``[N, ndim]`` (mm per voxel of the
+network grid) and ``raw_range`` ``[N, 2]`` (min and max of the two raw images before
+normalisation). The layout of the folder decides the loader (``detect_layout``): ``training/`` ->
+ACDC, ``database_nifti/`` -> CAMUS, ``pairs.csv`` -> paired volumes; ``config.data.dataset`` only
+breaks ties. Every split is by subject (patient), seeded by ``config.seed``.
+
 Batches for step ``t`` are drawn with replacement from a generator seeded by ``(seed, t)``: the data
 order depends only on the seed and the step, so a resumed run sees exactly the batches the
 uninterrupted run would have seen.
@@ -12,18 +18,91 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
-from typing import Mapping
+import dataclasses
+import importlib
+import os
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from hetreg_jax.data import synthetic
+from hetreg_jax.data.nifti import DataError
 
 SPLITS = ("train", "val", "test")
 IMAGE_KEYS = ("moving", "fixed")
+MYOCARDIUM = 2
+# layout name -> the entry of data.root that identifies it (and the loader module's name)
+LAYOUT_MARKERS = {"acdc": "training", "camus": "database_nifti", "pairs": "pairs.csv"}
+_PREFERRED_LAYOUT = {"acdc": "acdc", "camus": "camus", "echo3d": "pairs", "pairs": "pairs"}
+_PAIR_ARRAYS = ("moving", "fixed", "moving_label", "fixed_label", "spacing", "raw_range")
 
 
-def load_splits(config) -> dict[str, dict]:
-    """``{"train", "val", "test"} -> pair set`` for ``config.data``."""
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    """One patient of an on-disk dataset: its split and a loader returning its pairs.
+
+    ``load()`` returns a list of pair dicts (``moving``/``fixed`` ``[*S]`` float32 in [0, 1],
+    ``moving_label``/``fixed_label`` ``[*S]`` uint8, ``spacing`` ``[ndim]``, ``raw_range`` ``[2]``,
+    ``subject``, ``pair_id``) and raises ``DataError`` on a bad file.
+    """
+    name: str
+    split: str
+    load: Callable[[], list]
+
+
+def split_names(names: Sequence[str], seed: int, fractions: Sequence[float]) -> list[list[str]]:
+    """Seeded split of subject names into ``len(fractions)`` groups (each sorted).
+
+    The names are sorted, permuted by ``default_rng([seed, 1001])`` and cut: every group after the
+    first gets ``max(1, round(n * f))`` names, the first the rest (at least one). The result depends
+    only on the set of names and the seed.
+    """
+    names = sorted(names)
+    k, n = len(fractions), len(names)
+    if n < k:
+        raise ValueError(f"{n} subjects cannot be split {k} ways ({tuple(fractions)}); need at least {k}")
+    counts = [max(1, int(round(n * f))) for f in fractions[1:]]
+    while n - sum(counts) < 1:
+        counts[int(np.argmax(counts))] -= 1
+    perm = np.random.default_rng([int(seed), 1001]).permutation(n)
+    cuts = np.cumsum([n - sum(counts)] + counts)[:-1]
+    return [sorted(names[i] for i in part) for part in np.split(perm, cuts)]
+
+
+def stack_pairs(pairs: list[dict], image_size: Sequence[int]) -> dict:
+    """Stack pair dicts into a pair set (see the module docstring); an empty list gives empty arrays."""
+    shape = tuple(int(n) for n in image_size)
+    empty = {"moving": (*shape, 1), "fixed": (*shape, 1), "moving_label": shape,
+             "fixed_label": shape, "spacing": (len(shape),), "raw_range": (2,)}
+    out = {}
+    for key in _PAIR_ARRAYS:
+        dtype = np.uint8 if key.endswith("label") else np.float32
+        if pairs:
+            arr = np.stack([np.asarray(p[key], dtype) for p in pairs])
+            out[key] = arr[..., None] if key in IMAGE_KEYS else arr
+        else:
+            out[key] = np.zeros((0, *empty[key]), dtype)
+    out["subject"] = [p["subject"] for p in pairs]
+    out["pair_id"] = [p["pair_id"] for p in pairs]
+    return out
+
+
+def detect_layout(root: str, dataset: str | None = None) -> str:
+    """``"acdc"``, ``"camus"`` or ``"pairs"`` from the entries of ``root`` (``dataset`` breaks ties)."""
+    if not os.path.isdir(root):
+        raise DataError(root, "config.data.root is not a folder")
+    found = [name for name, marker in LAYOUT_MARKERS.items() if os.path.exists(os.path.join(root, marker))]
+    if not found:
+        expected = ", ".join(f"{m} ({n})" for n, m in LAYOUT_MARKERS.items())
+        raise DataError(root, f"unknown dataset layout: expected one of {expected} in this folder")
+    preferred = _PREFERRED_LAYOUT.get(dataset)
+    return preferred if preferred in found else found[0]
+
+
+def load_dataset(config, strict: bool = True) -> tuple[dict[str, dict], dict]:
+    """``(splits, info)``: the pair sets and ``info`` = ``layout``, ``root``, ``skipped``
+    (``[{"subject", "reason"}]``). ``strict``: the first bad subject raises its ``DataError``
+    (training); otherwise bad subjects are listed in ``skipped`` and the rest loaded (inspect)."""
     data = config.data
     if data.root is None:
         if data.dataset not in synthetic.KINDS:
@@ -31,13 +110,31 @@ def load_splits(config) -> dict[str, dict]:
         splits = synthetic.make_dataset(
             data.dataset, tuple(data.image_size), data.synthetic_subjects, config.seed,
             slices_per_subject=data.slices_per_subject)
-    else:
-        raise ValueError(
-            f"config.data.root={data.root!r}: loaders for on-disk datasets are not available in this "
-            "version; leave data.root unset to train on the built-in phantoms")
+        return splits, {"layout": "synthetic", "root": None, "skipped": []}
+    root = os.path.abspath(os.path.expanduser(data.root))
+    layout = detect_layout(root, data.dataset)
+    loader = importlib.import_module(f"hetreg_jax.data.{layout}")
+    pairs: dict[str, list] = {name: [] for name in SPLITS}
+    skipped = []
+    for subject in loader.subjects(root, tuple(data.image_size), config.seed):
+        try:
+            pairs[subject.split].extend(subject.load())
+        except DataError as exc:
+            if strict:
+                raise
+            skipped.append({"subject": subject.name, "reason": str(exc)})
+    splits = {name: stack_pairs(pairs[name], data.image_size) for name in SPLITS}
+    return splits, {"layout": layout, "root": root, "skipped": skipped}
+
+
+def load_splits(config) -> dict[str, dict]:
+    """``{"train", "val", "test"} -> pair set`` for ``config.data``; refuses bad data and empty splits."""
+    splits, info = load_dataset(config, strict=True)
     for name in SPLITS:
         if len(splits[name]["moving"]) == 0:
-            raise ValueError(f"the {name} split is empty; use more subjects (config.data.synthetic_subjects)")
+            hint = ("use more subjects (config.data.synthetic_subjects)" if info["root"] is None
+                    else f"check the dataset in {info['root']} (python main.py --mode=inspect)")
+            raise ValueError(f"the {name} split is empty; {hint}")
     return splits
 
 

@@ -520,3 +520,8 @@ def make_dataset(kind: str, image_size, n_subjects: int, seed: int, split=(0.6, 
         stacked.update(subject=[p["subject"] for p in pairs], pair_id=[p["pair_id"] for p in pairs])
         out[name] = stacked
     return out
+
+
+if __name__ == "__main__":  # python -m hetreg_jax.data.synthetic --layout=acdc|camus|pairs --out=DIR
+    from hetreg_jax.data import layouts
+    layouts.main()

@@ -1,0 +1,164 @@
+"""Safe NIfTI reading and writing: every problem with a file is one line that starts with its path.
+
+Reading (``read_image``, ``read_label``):
+- a missing file, an unreadable/corrupt/truncated ``.nii``/``.nii.gz``, an array with the wrong
+  number of axes (trailing length-1 axes are dropped first, so a 2D image stored as ``[X, Y, 1]``
+  reads as 2D; a 4D file where 3D is expected is refused), non-finite voxels, a constant image,
+  a label map with non-integer or out-of-range values, or a label map whose shape differs from its
+  image raise ``DataError`` (a ``ValueError``): ``"<path>: <cause>"``.
+- images are returned as float32 with the file's scaling (``scl_slope``/``scl_inter``) applied,
+  labels as uint8; arrays keep the file's axis order (no reorientation), and the affine is the
+  file's best affine (sform, else qform).
+
+Writing (``write``, ``write_vector``): outputs copy the reference header (so qform/sform codes and
+the affine survive); a vector field ``[*S, D]`` is stored the NIfTI way, ``[X, Y, Z, 1, D]``
+(spatial axes padded to three, the vector on the 5th axis) with intent ``VECTOR``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+import zlib
+
+import nibabel as nib
+import numpy as np
+
+_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, struct.error,
+                nib.filebasedimages.ImageFileError)
+
+
+class DataError(ValueError):
+    """A bad input file or folder; ``str(error)`` is ``"<path>: <cause>"`` on one line."""
+
+    def __init__(self, path, cause: str):
+        self.path, self.cause = str(path), " ".join(str(cause).split())
+        super().__init__(f"{self.path}: {self.cause}")
+
+
+@dataclasses.dataclass
+class Volume:
+    """A NIfTI array with its geometry: ``data`` (float32 image or uint8 label map, file axis
+    order), ``affine`` (4x4, voxel index -> mm), ``header`` (the file's), ``spacing`` (voxel size in
+    mm per kept axis) and ``file_shape`` (the array shape on disk, before dropping length-1 axes)."""
+    path: str
+    data: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    spacing: tuple[float, ...]
+    file_shape: tuple[int, ...]
+
+
+def _load(path, ndim: int, as_label: bool) -> Volume:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(path, "file not found")
+    try:
+        img = nib.load(path)
+        raw = img.get_fdata(dtype=np.float32) if not as_label else np.asanyarray(img.dataobj)
+        affine = np.asarray(img.affine, np.float64)
+        header = img.header.copy()
+    except _READ_ERRORS as exc:
+        raise DataError(path, f"cannot read NIfTI ({type(exc).__name__}: {exc}); "
+                              "the file is corrupt, truncated or not NIfTI") from None
+    file_shape = tuple(int(n) for n in raw.shape)
+    data = np.asarray(raw)
+    while data.ndim > ndim and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != ndim:
+        raise DataError(path, f"{data.ndim}D image of shape {file_shape} where a {ndim}D image is expected")
+    zooms = tuple(float(z) for z in header.get_zooms()[:ndim])
+    zooms = zooms + (1.0,) * (ndim - len(zooms))
+    return Volume(path, data, affine, header, zooms, file_shape)
+
+
+def read_image(path, ndim: int) -> Volume:
+    """An ``ndim``-D intensity image as float32; refuses non-finite voxels and constant images."""
+    vol = _load(path, ndim, as_label=False)
+    data = vol.data.astype(np.float32, copy=False)
+    finite = np.isfinite(data)
+    if not finite.all():
+        raise DataError(vol.path, f"{int(data.size - finite.sum())} non-finite voxels (NaN or inf)")
+    if data.size == 0 or data.min() == data.max():
+        value = float(data.flat[0]) if data.size else float("nan")
+        raise DataError(vol.path, f"constant image (every voxel is {value:g})")
+    vol.data = data
+    return vol
+
+
+def read_label(path, ndim: int, like: Volume | None = None, required: int | None = None) -> Volume:
+    """An ``ndim``-D label map as uint8 (integer values 0..255).
+
+    ``like``: the image it annotates; its shape must match. ``required``: a label value that must
+    be present (e.g. the myocardium); a map without it is refused.
+    """
+    vol = _load(path, ndim, as_label=True)
+    data = np.asarray(vol.data, dtype=np.float64)
+    if not np.isfinite(data).all():
+        raise DataError(vol.path, "non-finite voxels (NaN or inf) in a label map")
+    rounded = np.rint(data)
+    if np.abs(data - rounded).max(initial=0.0) > 1e-3 or rounded.min(initial=0) < 0 or rounded.max(initial=0) > 255:
+        raise DataError(vol.path, f"label map values must be integers in 0..255, found range "
+                                  f"[{data.min():g}, {data.max():g}]")
+    vol.data = rounded.astype(np.uint8)
+    if like is not None and vol.data.shape != like.data.shape:
+        raise DataError(vol.path, f"label shape {vol.data.shape} differs from the image shape "
+                                  f"{like.data.shape} of {like.path}")
+    if required is not None and not np.any(vol.data == required):
+        found = sorted(int(v) for v in np.unique(vol.data))
+        raise DataError(vol.path, f"label map without myocardium (no voxel has label {required}; "
+                                  f"labels found: {found})")
+    return vol
+
+
+def _header_for(reference: nib.Nifti1Header | None, dtype) -> nib.Nifti1Header:
+    header = reference.copy() if reference is not None else nib.Nifti1Header()
+    header.set_data_dtype(dtype)
+    header.set_slope_inter(None, None)
+    header.set_intent("none")
+    return header
+
+
+def _file_shaped(data: np.ndarray, file_shape) -> np.ndarray:
+    """``data`` with the length-1 axes of the reference file restored (a 2D result of a
+    ``[X, Y, 1]`` file is written as ``[X, Y, 1]``)."""
+    if file_shape is not None and int(np.prod(file_shape)) == data.size and data.ndim < len(file_shape):
+        return data.reshape(file_shape)
+    return data
+
+
+def write(path, data: np.ndarray, affine: np.ndarray, header=None, file_shape=None) -> str:
+    """Write a scalar image on the reference geometry (``affine``, a copy of ``header``)."""
+    data = np.asarray(data)
+    dtype = np.uint8 if data.dtype == np.uint8 else np.float32
+    img = nib.Nifti1Image(_file_shaped(data.astype(dtype), file_shape), affine,
+                          _header_for(header, dtype))
+    _set_codes(img, header)
+    nib.save(img, os.fspath(path))
+    return os.fspath(path)
+
+
+def write_vector(path, field: np.ndarray, affine: np.ndarray, header=None, name: str = "") -> str:
+    """Write ``field [*S, D]`` as ``[X, Y, Z, 1, D]`` float32 with intent ``VECTOR``."""
+    field = np.asarray(field, np.float32)
+    spatial = field.shape[:-1]
+    if len(spatial) > 3:
+        raise ValueError(f"at most 3 spatial axes, got field shape {field.shape}")
+    padded = spatial + (1,) * (3 - len(spatial)) + (1, field.shape[-1])
+    header = _header_for(header, np.float32)
+    header.set_intent("vector", (), name=name[:15])
+    img = nib.Nifti1Image(field.reshape(padded), affine, header)
+    _set_codes(img, header)
+    nib.save(img, os.fspath(path))
+    return os.fspath(path)
+
+
+def _set_codes(img: nib.Nifti1Image, reference) -> None:
+    """Keep the reference's qform/sform codes (nibabel resets them when the affine is passed)."""
+    if reference is None:
+        return
+    _, qcode = reference.get_qform(coded=True)
+    _, scode = reference.get_sform(coded=True)
+    img.set_qform(img.affine, code=int(qcode))
+    img.set_sform(img.affine, code=int(scode))

@@ -1,0 +1,212 @@
+"""``--mode=register``: register one moving NIfTI image to a fixed one with a trained workdir.
+
+The images are preprocessed like the training data of the config (``preprocessing``):
+
+- ``"crop"`` (ACDC layout or ``data.dataset="acdc"``): 3D ``[X, Y, Z]`` short-axis stacks of equal
+  shape, registered slice by slice on a ``data.image_size`` crop centred on the ED (moving)
+  myocardium centroid of the mid slice when ``--moving_label`` is given, else on the slice centre;
+  the prediction is put back into the full slice: displacement 0 outside the crop, log-variance
+  and weight NaN there (not predicted);
+- ``"resize"`` (CAMUS, paired volumes, ``echo3d``): ``len(data.image_size)``-D images resized to
+  ``data.image_size``; the prediction is resized back to the fixed image's shape (linear, aligned
+  corners) and each displacement component k multiplied by ``(n_fixed_k - 1) / (n_net_k - 1)``.
+  A moving image of another shape is first resized onto the fixed image's shape.
+
+Outputs in ``--out``, all on the fixed image's grid with its affine and header:
+
+- ``warped.nii.gz``: the moving image at full resolution (its own intensities) warped by the
+  back-mapped displacement, ``warped(x) = moving(x + u(x))``, linear, 0 outside;
+- ``displacement.nii.gz``: ``u`` in voxels of the fixed image's grid, component k along array
+  axis k, stored as ``[X, Y, Z, 1, D]`` float32 with intent VECTOR (D = the fixed image's number of
+  axes; spatial axes padded to 3; the through-plane component of slice-wise ACDC registration is 0);
+- ``log_variance.nii.gz`` and ``weight.nii.gz`` (methods with a variance net): the predicted log
+  sigma^2 of the fixed image's noise (normalised intensity units) and the SNR weight in [0.5, 0.73];
+- ``warped_label.nii.gz`` (with ``--moving_label``): every label warped linearly as a one-hot map,
+  then the most likely label per voxel (for the myocardium alone: the evaluation's 0.5 threshold);
+- ``overview.png``: moving, fixed, warped, |fixed - warped|, |u|, log-variance, weight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+
+from hetreg_jax.data import acdc, nifti, pipeline, preprocess
+
+_LAYOUT_OF_DATASET = {"acdc": "acdc", "camus": "camus", "echo3d": "pairs", "pairs": "pairs"}
+
+
+def preprocessing(config) -> str:
+    """``"crop"`` for ACDC-like data, ``"resize"`` otherwise (see the module docstring)."""
+    data = config.data
+    if data.root is not None:
+        layout = pipeline.detect_layout(os.path.abspath(os.path.expanduser(data.root)), data.dataset)
+    else:
+        layout = _LAYOUT_OF_DATASET.get(data.dataset, "pairs")
+    return "crop" if layout == "acdc" else "resize"
+
+
+@dataclasses.dataclass
+class Inputs:
+    """The files read (moving already on the fixed grid's shape) and the network-grid pair set."""
+    moving: nifti.Volume
+    fixed: nifti.Volume
+    moving_label: np.ndarray | None
+    pairs: dict
+    crop_start: tuple[int, ...] | None = None  # crop mode only
+
+
+def _as_pair_set(pairs: list[dict], image_size) -> dict:
+    for i, pair in enumerate(pairs):
+        pair.setdefault("spacing", np.ones(len(image_size), np.float32))
+        pair.update(subject="input", pair_id=f"input_{i:02d}")
+    return pipeline.stack_pairs(pairs, image_size)
+
+
+def prepare(mode: str, moving: str, fixed: str, moving_label: str | None, image_size) -> Inputs:
+    """Read the files and preprocess them like training data."""
+    size = tuple(int(n) for n in image_size)
+    if mode == "crop":
+        m, f = nifti.read_image(moving, 3), nifti.read_image(fixed, 3)
+        if m.data.shape != f.data.shape:
+            raise nifti.DataError(moving, f"shape {m.data.shape} differs from the fixed image's {f.data.shape}"
+                                          " (ACDC-style registration needs stacks of the same shape)")
+        label = nifti.read_label(moving_label, 3, like=m).data if moving_label else None
+        centre = acdc.crop_centre(label) if label is not None else tuple((n - 1) / 2 for n in f.data.shape[:2])
+        pairs = acdc.slice_pairs(m.data, f.data, label, None, centre, size)
+        return Inputs(m, f, label, _as_pair_set(pairs, size), preprocess.crop_start(centre, size))
+    m, f = nifti.read_image(moving, len(size)), nifti.read_image(fixed, len(size))
+    label = nifti.read_label(moving_label, len(size), like=m).data if moving_label else None
+    pair = preprocess.resized_pair(m, f, label, None, size)
+    if m.data.shape != f.data.shape:  # carry the moving image (and label) onto the fixed grid's shape
+        m = dataclasses.replace(m, data=preprocess.resize(m.data, f.data.shape, order=1))
+        label = None if label is None else preprocess.resize(label, f.data.shape, order=0)
+    return Inputs(m, f, label, _as_pair_set([pair], size))
+
+
+def to_fixed_grid(inputs: Inputs, pred: dict) -> dict:
+    """Network-grid predictions -> arrays on the fixed image's grid: ``displacement`` ``[*F, D]``
+    (voxels of the fixed grid) and, when predicted, ``log_var`` / ``weight`` ``[*F]``."""
+    shape = inputs.fixed.data.shape
+    out = {}
+    if inputs.crop_start is not None:  # slices along axis 2, crops in axes 0 and 1
+        def place(window, fill):
+            return np.stack([preprocess.uncrop(w, inputs.crop_start, shape[:2], fill) for w in window], axis=2)
+        in_plane = place(pred["displacement"], 0.0)
+        out["displacement"] = np.concatenate([in_plane, np.zeros_like(in_plane[..., :1])], axis=-1)
+        for key in ("log_var", "weight"):
+            if key in pred:
+                out[key] = place(pred[key][..., 0], np.nan)
+        return out
+    out["displacement"] = preprocess.resize_field(pred["displacement"][0], shape)
+    for key in ("log_var", "weight"):
+        if key in pred:
+            out[key] = preprocess.resize(pred[key][0, ..., 0], shape, order=1)
+    return out
+
+
+def warp_full(image: np.ndarray, displacement: np.ndarray, slicewise: bool, order: int = 1) -> np.ndarray:
+    """``image(x + u(x))`` on the image's own grid (``spatial.warp``: linear, 0 outside).
+    ``slicewise``: ``image`` is ``[X, Y, Z]`` and only the first two components of ``u`` are used,
+    slice by slice."""
+    from hetreg_jax import spatial
+
+    if slicewise:
+        moved = spatial.warp(np.moveaxis(image, 2, 0)[..., None].astype(np.float32),
+                             np.moveaxis(displacement[..., :2], 2, 0).astype(np.float32), order=order)
+        return np.moveaxis(np.asarray(jax.device_get(moved))[..., 0], 0, 2)
+    moved = spatial.warp(image[None, ..., None].astype(np.float32), displacement[None].astype(np.float32), order)
+    return np.asarray(jax.device_get(moved))[0, ..., 0]
+
+
+def warp_labels(label: np.ndarray, displacement: np.ndarray, slicewise: bool) -> np.ndarray:
+    """Each label value warped linearly as a one-hot map; the most likely value per voxel (on a
+    tie, e.g. where every map reads 0 outside the image, the smallest value: background 0)."""
+    values = np.unique(label)
+    scores = np.stack([warp_full((label == v).astype(np.float32), displacement, slicewise) for v in values])
+    return values[np.argmax(scores, axis=0)].astype(np.uint8)
+
+
+def restore(config, workdir: str):
+    """``(trainer, state)`` from the latest checkpoint of ``workdir`` (FileNotFoundError if none)."""
+    from hetreg_jax import train
+    from hetreg_jax.checkpointing import Checkpointer
+
+    train.validate_config(config)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    message = f"no checkpoint in {ckpt_dir}: train first (--mode=train) or pass the workdir of a trained run"
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(message)
+    ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
+    try:
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(message)
+        trainer = train.Trainer(config)
+        return trainer, train.restore_or_init(trainer, ckpt, config)
+    finally:
+        ckpt.close()
+
+
+def register(config, workdir: str, moving: str, fixed: str, out: str, moving_label: str | None = None) -> dict:
+    """Register ``moving`` to ``fixed`` and write the outputs (module docstring); returns their paths."""
+    from hetreg_jax import evaluation
+
+    mode = preprocessing(config)
+    inputs = prepare(mode, moving, fixed, moving_label, config.data.image_size)
+    trainer, state = restore(config, workdir)
+    pred = evaluation.predict_pairs(trainer, state, inputs.pairs, config.eval.batch_size)
+    full = to_fixed_grid(inputs, pred)
+    slicewise = mode == "crop"
+    full["warped"] = warp_full(inputs.moving.data, full["displacement"], slicewise)
+    if inputs.moving_label is not None:
+        full["warped_label"] = warp_labels(inputs.moving_label, full["displacement"], slicewise)
+    return write_outputs(out, inputs.fixed, full, inputs.moving.data)
+
+
+def write_outputs(out: str, fixed: nifti.Volume, full: dict, moving_on_grid: np.ndarray) -> dict:
+    """Write the NIfTI files and ``overview.png`` on ``fixed``'s geometry."""
+    os.makedirs(out, exist_ok=True)
+    geometry = dict(affine=fixed.affine, header=fixed.header)
+    paths = {"displacement": nifti.write_vector(os.path.join(out, "displacement.nii.gz"),
+                                                full["displacement"], name="displacement", **geometry)}
+    names = {"warped": "warped", "log_var": "log_variance", "weight": "weight", "warped_label": "warped_label"}
+    for key, name in names.items():
+        if key in full:
+            paths[key] = nifti.write(os.path.join(out, f"{name}.nii.gz"), full[key],
+                                     file_shape=fixed.file_shape, **geometry)
+    paths["overview"] = overview(os.path.join(out, "overview.png"), moving_on_grid, fixed.data, full)
+    magnitude = np.linalg.norm(full["displacement"], axis=-1)
+    print(f"registered: |u| mean {magnitude.mean():.3f}, max {magnitude.max():.3f} voxels of the fixed grid; "
+          f"wrote {', '.join(os.path.basename(p) for p in paths.values())} to {out}")
+    return paths
+
+
+def overview(path: str, moving: np.ndarray, fixed: np.ndarray, full: dict) -> str:
+    """A one-row figure (3D: the middle slice of the last axis)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def view(a):
+        return a if a.ndim == 2 else a[..., a.shape[-1] // 2]
+    lo, hi = float(fixed.min()), float(fixed.max())
+    panels = [("moving", moving, "gray", (lo, hi)), ("fixed", fixed, "gray", (lo, hi)),
+              ("warped", full["warped"], "gray", (lo, hi)),
+              ("|fixed - warped|", np.abs(fixed - full["warped"]), "magma", (None, None)),
+              ("|u| (voxels)", np.linalg.norm(full["displacement"], axis=-1), "viridis", (None, None))]
+    panels += [(title, full[key], "viridis", (None, None))
+               for key, title in (("log_var", "log variance"), ("weight", "weight")) if key in full]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
+    for ax, (title, image, cmap, (vmin, vmax)) in zip(axes[0], panels):
+        shown = ax.imshow(view(image), cmap=cmap, vmin=vmin, vmax=vmax)
+        if cmap != "gray":
+            fig.colorbar(shown, ax=ax, fraction=0.046)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
