@@ -2,6 +2,9 @@
 
     python main.py --config=configs/acdc.py --workdir=runs/acdc            # train, then test
     python main.py --config=configs/acdc.py --workdir=runs/acdc --mode=eval
+    python main.py --config=configs/acdc.py --config.data.root=DIR --workdir=W --mode=inspect
+    python main.py --config=configs/acdc.py --workdir=runs/acdc --mode=register \
+        --moving=ed.nii.gz --fixed=es.nii.gz [--moving_label=ed_gt.nii.gz] --out=DIR
 
 Any config field can be overridden, e.g. --config.num_steps=500 --config.method=mse.
 """
@@ -14,7 +17,15 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and reports.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "train: train then test; eval: test the latest checkpoint.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "inspect", "register"],
+                  "train: train then test; eval: test the latest checkpoint; inspect: summarise the "
+                  "dataset; register: register --moving to --fixed with the latest checkpoint.")
+flags.DEFINE_string("moving", None, "register: moving image (NIfTI).")
+flags.DEFINE_string("fixed", None, "register: fixed image (NIfTI); the outputs are on its grid.")
+flags.DEFINE_string("moving_label", None, "register: optional label map of the moving image.")
+flags.DEFINE_string("out", None, "register: output folder.")
+flags.DEFINE_bool("allow_config_change", False,
+                  "Resume a workdir whose recorded config differs (the change is logged in config_history.jsonl).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors a user can cause and fix: reported in one line (the traceback only with --verbosity=1).
@@ -31,9 +42,17 @@ def run(argv):
         logging.info("process %d of %d", jax.process_index(), jax.process_count())
     config = FLAGS.config
     if FLAGS.mode == "train":
-        train.train_and_evaluate(config, FLAGS.workdir)
-    else:
+        train.train_and_evaluate(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
+    elif FLAGS.mode == "eval":
         train.evaluate_checkpoint(config, FLAGS.workdir)
+    elif FLAGS.mode == "inspect":
+        from hetreg_jax.data import inspect
+        inspect.run(config, FLAGS.workdir)
+    else:
+        from hetreg_jax import register
+        if not (FLAGS.moving and FLAGS.fixed and FLAGS.out):
+            raise ValueError("--mode=register needs --moving, --fixed and --out")
+        register.register(config, FLAGS.workdir, FLAGS.moving, FLAGS.fixed, FLAGS.out, FLAGS.moving_label)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -51,6 +70,8 @@ def parse_flags(argv):
 
 
 def main(argv):
+    if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
+        logging.set_verbosity(logging.WARNING)  # progress is printed; library INFO logs only on request
     try:
         run(argv)
     except USER_ERRORS as exc:

@@ -261,31 +261,43 @@ def _fmt_seconds(s: float) -> str:
     return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def check_finite(step: int, phase: str, measures: dict) -> None:
+def check_finite(step: int, phase: str, measures: dict,
+                 kept: str = "the last good checkpoint is kept") -> None:
     """Stop the run on a non-finite loss or gradient, naming the step, the phase and the term."""
     bad = [k for k, v in measures.items() if k != "all_finite" and not np.isfinite(v)]
     if bad:
-        raise FloatingPointError(
-            f"non-finite {', '.join(bad)} at step {step} (phase {phase}); the last good checkpoint is kept")
+        raise FloatingPointError(f"non-finite {', '.join(bad)} at step {step} (phase {phase}); {kept}")
 
 
-def save_config(config, workdir: str) -> None:
-    """Write the run's config next to its outputs (``config.json``), once."""
-    path = os.path.join(workdir, "config.json")
-    if jax.process_index() == 0 and not os.path.exists(path):
-        os.makedirs(workdir, exist_ok=True)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-        os.replace(path + ".tmp", path)
+def check_pending(pending: list, kept: str) -> dict:
+    """Check the measurements of every step since the last check, in order, after one transfer.
+
+    ``pending`` holds ``(step, phase, device measures)``; the first non-finite step raises
+    (:func:`check_finite`). Returns the last step's measures as floats.
+    """
+    host = jax.device_get([measures for _, _, measures in pending])
+    for (step, phase, _), measures in zip(pending, host):
+        check_finite(step, phase, measures, kept)
+    return {k: float(v) for k, v in host[-1].items()}
+
+
+@jax.jit
+def params_finite(state: ts.TrainState) -> jax.Array:
+    """Whether every parameter of both networks is finite (checked before each checkpoint)."""
+    leaves = jax.tree.leaves((state.motion_params, state.variance_params))
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def validate_config(config) -> None:
     """Refuse settings that cannot run, naming the key."""
-    for key in ("num_steps", "batch_size", "steps_per_epoch", "log_every", "checkpoint_every"):
+    for key in ("num_steps", "batch_size", "steps_per_epoch", "log_every", "checkpoint_every",
+                "keep_checkpoints"):
         if int(config[key]) <= 0:
             raise ValueError(f"config.{key} must be positive, got {config[key]}")
     if config.eval_every < 0:
         raise ValueError(f"config.eval_every must be >= 0, got {config.eval_every}")
+    if int(config.eval.batch_size) <= 0:
+        raise ValueError(f"config.eval.batch_size must be positive, got {config.eval.batch_size}")
     if len(config.data.image_size) not in (2, 3):
         raise ValueError(f"config.data.image_size must have 2 or 3 entries, got {config.data.image_size}")
     methods.get_method(config.method)
@@ -296,93 +308,191 @@ def _checkpoint_meta(config, step: int) -> dict:
             "image_size": list(config.data.image_size)}
 
 
-def restore_or_init(trainer: Trainer, ckpt, config) -> ts.TrainState:
-    """The latest checkpoint's state if there is one (same model/method/size), else a fresh one."""
-    if ckpt.latest_step() is None:
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """The gist of a (possibly long, multi-line) library error: its first sentence, or a heading
+    ending in ':' with the line after it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    text = lines[0].split(". ")[0]
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1]}"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def restore_or_init(trainer: Trainer, ckpt, config, abstract: Any = None) -> ts.TrainState:
+    """The latest complete checkpoint's state if there is one, else a fresh one.
+
+    A checkpoint of another model, method or image size (its meta record), or whose parameter tree
+    does not match this config's networks (e.g. other feature widths), raises a one-line
+    ``ValueError`` naming the checkpoint folder and both values.
+    """
+    step = ckpt.latest_step()
+    if step is None:
         return trainer.init_state()
-    meta = ckpt.restore_meta()
-    expected = _checkpoint_meta(config, meta.get("step", 0))
+    where, advice = ckpt.step_dir(step), "use the config it was trained with or another --workdir"
+    abstract = trainer.abstract_state() if abstract is None else abstract
+    errors = (ValueError, KeyError, TypeError, OSError)  # orbax's, often many lines long
+    try:
+        meta, mismatches = ckpt.restore_meta(step), ckpt.mismatches(abstract, step)
+    except errors as exc:
+        raise ValueError(f"cannot read checkpoint {where} ({_first_line(exc)}); {advice}") from exc
+    expected = _checkpoint_meta(config, step)
     for key in ("model", "method", "image_size"):
         if meta.get(key) != expected[key]:
-            raise ValueError(f"checkpoint in {ckpt.directory} was trained with {key}={meta.get(key)!r}, "
-                             f"but the config has {key}={expected[key]!r}")
-    state, _ = ckpt.restore(trainer.abstract_state())
-    return state
+            raise ValueError(f"checkpoint {where} was trained with {key}={meta.get(key)!r}, but the "
+                             f"config has {key}={expected[key]!r}; {advice}")
+    if mismatches:
+        more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
+        raise ValueError(f"checkpoint {where} does not match the networks of this config: "
+                         f"{mismatches[0]}{more}; {advice}")
+    try:
+        return ckpt.restore(abstract, step)[0]
+    except errors as exc:
+        raise ValueError(f"cannot restore checkpoint {where} ({_first_line(exc)}); {advice}") from exc
 
 
-def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = None) -> dict:
-    """Train (resuming from the latest checkpoint in ``workdir``), then evaluate on the test split.
+def load_checkpoint(trainer: Trainer, config, workdir: str, abstract: Any = None) -> ts.TrainState:
+    """The latest complete checkpoint of ``workdir`` (read-only); ``FileNotFoundError`` if none."""
+    from hetreg_jax.checkpointing import Checkpointer, complete_steps
 
-    Returns the test summary that is also written to ``workdir/eval/test_metrics.json``.
+    ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not complete_steps(ckpt_dir):
+        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
+    ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints, create=False)
+    try:
+        return restore_or_init(trainer, ckpt, config, abstract)
+    finally:
+        ckpt.close()
+
+
+def _prepare(config, mesh) -> tuple[dict, Trainer, Any]:
+    """Everything that can fail without touching the workdir: config, data, networks, batch split.
+
+    Returns the splits, the trainer and the abstract state; tracing the networks' initialisation
+    (``abstract_state``) surfaces image sizes they cannot take (VoxelMorph: multiples of 16).
     """
-    from hetreg_jax import evaluation
-    from hetreg_jax.checkpointing import Checkpointer
     from hetreg_jax.data import pipeline
-    from hetreg_jax.writers import MetricWriter
 
     validate_config(config)
     splits = pipeline.load_splits(config)
     trainer = Trainer(config, mesh)
-    rows = sharding.process_slice(config.batch_size)
     sharding.check_batch_size(config.batch_size, trainer.mesh)
-    save_config(config, workdir)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    state = restore_or_init(trainer, ckpt, config)
-    start = int(jax.device_get(state.step))
-    if start:
-        print(f"resuming from step {start} ({ckpt.directory})", flush=True)
-    writer = MetricWriter(workdir)
-    progress = Progress(config.num_steps, start, config.batch_size)
-    train = splits["train"]
-    try:
-        for step in range(start, config.num_steps):
-            batch = sharding.global_batch(
-                pipeline.training_batch(train, config.seed, step, config.batch_size, rows), trainer.mesh)
-            phase = trainer.phase(step)
-            state, measures = trainer.train_step(phase)(state, batch)
-            done = step + 1
-            last = done == config.num_steps
-            if done % config.log_every == 0 or done % config.checkpoint_every == 0 or last:
-                measures = {k: float(v) for k, v in jax.device_get(measures).items()}
-                check_finite(done, phase, measures)
-                writer.write(done, measures)
-                if done % config.log_every == 0 or last:
-                    print(progress.line(done, phase, measures), flush=True)
-            if config.eval_every and done % config.eval_every == 0:
-                dice = evaluation.validation_dice(trainer, state, splits["val"], config)
-                writer.write(done, {"val_dice": dice})
-                print(f"step {done}: validation Dice {dice:.2f}%", flush=True)
-            if done % config.checkpoint_every == 0 or last:
-                ckpt.save(done, state, _checkpoint_meta(config, done))
-        summary = evaluation.evaluate(trainer, state, splits["test"], config,
-                                      os.path.join(workdir, "eval"))
-    finally:
-        writer.close()
-        ckpt.close()
+    return splits, trainer, trainer.abstract_state()
+
+
+def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = None,
+                       allow_config_change: bool = False) -> dict:
+    """Train (resuming from the latest complete checkpoint in ``workdir``), then evaluate on the test split.
+
+    Order: every check that needs no workdir (:func:`_prepare`) runs first; then the workdir is
+    locked, the config compared with the recorded one (``allow_config_change`` accepts restricted
+    changes, see :mod:`hetreg_jax.workdir`) and the checkpoint with the config. Only then is anything
+    written: the lock holder, the config record, the removal of half-written checkpoints and of
+    metric records past the resumed step. A refused run leaves the workdir as it was.
+    Returns the test summary that is also written to ``workdir/eval/test_metrics.json``.
+    """
+    from hetreg_jax import evaluation
+    from hetreg_jax import workdir as workdir_lib
+    from hetreg_jax.checkpointing import Checkpointer
+
+    splits, trainer, abstract = _prepare(config, mesh)
+    lead = jax.process_index() == 0
+    with workdir_lib.WorkdirLock(workdir, enabled=lead) as lock:
+        changes = workdir_lib.config_changes(config, workdir, allow_config_change)
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+        try:
+            state = restore_or_init(trainer, ckpt, config, abstract)
+            start = int(jax.device_get(state.step))
+            if start > config.num_steps:
+                raise ValueError(f"the latest checkpoint in {ckpt.directory} is at step {start}, past "
+                                 f"config.num_steps={config.num_steps}; raise num_steps or use --mode=eval")
+            if lead:
+                lock.claim()
+                workdir_lib.record_config(config, workdir, changes, start)
+                ckpt.remove_incomplete()
+                workdir_lib.trim_metrics(workdir, start)
+            if changes:
+                print("config changed: " + "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changes.items()),
+                      flush=True)
+            if start:
+                print(f"resuming from step {start} ({ckpt.directory})", flush=True)
+            state = _train_steps(trainer, state, start, splits, config, workdir, ckpt)
+        finally:
+            ckpt.close()
+        summary = evaluation.evaluate(trainer, state, splits["test"], config, os.path.join(workdir, "eval"))
     _print_summary(summary)
     return summary
 
 
-def evaluate_checkpoint(config, workdir: str, mesh: jax.sharding.Mesh | None = None) -> dict:
-    """Evaluate the latest checkpoint of ``workdir`` on the test split (``--mode=eval``)."""
+def _train_steps(trainer: Trainer, state, start: int, splits: dict, config, workdir: str, ckpt):
+    """Steps ``start .. num_steps``: log, validate, check finiteness, checkpoint; the final state.
+
+    Measurements stay on the device between checks; at every logged, validated or checkpointed step
+    all of them since the last check are fetched and checked in order, so the first non-finite step
+    is named exactly. No checkpoint is written after a non-finite step or with non-finite parameters.
+    """
     from hetreg_jax import evaluation
-    from hetreg_jax.checkpointing import Checkpointer
     from hetreg_jax.data import pipeline
+    from hetreg_jax.writers import MetricWriter
+
+    rows = sharding.process_slice(config.batch_size)
+    writer = MetricWriter(workdir, start_step=start)
+    progress = Progress(config.num_steps, start, config.batch_size)
+    saved, pending = (start or None), []
+    try:
+        for step in range(start, config.num_steps):
+            batch = sharding.global_batch(
+                pipeline.training_batch(splits["train"], config.seed, step, config.batch_size, rows),
+                trainer.mesh)
+            phase = trainer.phase(step)
+            state, measures = trainer.train_step(phase)(state, batch)
+            done = step + 1
+            pending.append((done, phase, measures))
+            last = done == config.num_steps
+            log = done % config.log_every == 0 or last
+            save = done % config.checkpoint_every == 0 or last
+            validate = bool(config.eval_every) and done % config.eval_every == 0
+            if not (log or save or validate):
+                continue
+            kept = (f"the last good checkpoint (step {saved}) is kept in {ckpt.directory}" if saved
+                    else "no checkpoint was written")
+            measures, pending = check_pending(pending, kept), []
+            writer.write(done, measures)
+            if log:
+                print(progress.line(done, phase, measures), flush=True)
+            if validate:
+                dice = evaluation.validation_dice(trainer, state, splits["val"], config)
+                writer.write(done, {"val_dice": dice})
+                print(f"step {done}: validation Dice {dice:.2f}%", flush=True)
+            if save:
+                if not bool(params_finite(state)):
+                    raise FloatingPointError(
+                        f"non-finite parameters after step {done} (phase {phase}); {kept}")
+                ckpt.save(done, state, _checkpoint_meta(config, done))
+                saved = done
+    finally:
+        writer.close()
+    return state
+
+
+def evaluate_checkpoint(config, workdir: str, mesh: jax.sharding.Mesh | None = None) -> dict:
+    """Evaluate the latest checkpoint of ``workdir`` on the test split (``--mode=eval``).
+
+    Refused, leaving the workdir as it was, when there is no complete checkpoint, when it belongs to
+    another model/method/size, or while another process holds the workdir.
+    """
+    from hetreg_jax import evaluation
+    from hetreg_jax import workdir as workdir_lib
+    from hetreg_jax.checkpointing import complete_steps
 
     validate_config(config)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
+    ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not complete_steps(ckpt_dir):
         raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
-    ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
-    try:
-        if ckpt.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
-        trainer = Trainer(config, mesh)
-        state = restore_or_init(trainer, ckpt, config)
-    finally:
-        ckpt.close()
-    splits = pipeline.load_splits(config)
-    summary = evaluation.evaluate(trainer, state, splits["test"], config, os.path.join(workdir, "eval"))
+    splits, trainer, abstract = _prepare(config, mesh)
+    with workdir_lib.WorkdirLock(workdir, enabled=jax.process_index() == 0) as lock:
+        state = load_checkpoint(trainer, config, workdir, abstract)
+        lock.claim()
+        summary = evaluation.evaluate(trainer, state, splits["test"], config, os.path.join(workdir, "eval"))
     _print_summary(summary)
     return summary
 

@@ -16,7 +16,9 @@ import jax
 class MetricWriter:
     """One JSON object per logged step: ``{"step": s, "<name>": value, ...}``."""
 
-    def __init__(self, workdir: str, tensorboard: bool = True):
+    def __init__(self, workdir: str, tensorboard: bool = True, start_step: int = 0):
+        """``start_step``: the step a resumed run continues from; TensorBoard events after it that an
+        interrupted run had written are purged, so replayed steps do not appear twice."""
         self.enabled = jax.process_index() == 0
         self._jsonl = None
         self._tb = None
@@ -26,7 +28,8 @@ class MetricWriter:
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+            purge = {"purge_step": start_step + 1} if start_step else {}
+            self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"), **purge)
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:

@@ -24,7 +24,7 @@ def test_pairs_by_id_drops_unmatched_and_nan_and_matches_scipy(tmp_path):
     _write_run(str(tmp_path / "a"), [{"pair_id": f"p{i}", "dice": d, "hd": 2.0 + i} for i, d in enumerate(a_dice)]
                + [{"pair_id": "only_a", "dice": 10.0, "hd": 1.0}])
     # B lists its pairs in another order, and one hd is NaN (empty in the CSV).
-    rows_b = [{"pair_id": f"p{i}", "dice": d, "hd": "" if i == 2 else 2.5 + i} for i, d in enumerate(b_dice)]
+    rows_b = [{"pair_id": f"p{i}", "dice": d, "hd": "" if i == 2 else 2.5 + 1.1 * i} for i, d in enumerate(b_dice)]
     _write_run(str(tmp_path / "b"), rows_b[::-1])
     result = compare.compare(str(tmp_path / "a"), str(tmp_path / "b"), ["dice", "hd", "absent"])
     assert result["n_common"] == 5 and result["only_in_a"] == 1 and result["only_in_b"] == 0

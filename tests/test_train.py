@@ -155,6 +155,7 @@ def test_transmorph_alternating_step_and_deterministic_eval(tiny_config):
     config = tiny_config(model="transmorph")
     config.transmorph.embed_dim = 12
     config.transmorph.num_heads = (1, 1, 2, 2)
+    config.transmorph.depths = (1, 1, 1, 1)
     config.transmorph.window_size = (2, 2)
     assert train.motion_schedule(config)(0) == config.optim.motion_lr  # "auto" = poly for TransMorph
     trainer = train.Trainer(config)

@@ -1,0 +1,384 @@
+"""Reliability (issue 6): crash-safe resume, workdir lock and config record, one-line refusals that
+leave the workdir as it was, non-finite stops, determinism.
+
+Command-line cases run ``main.py`` in subprocesses (one CPU device) that share a persistent XLA
+compilation cache, so only the first training run compiles; the others take a few seconds each.
+"""
+
+import hashlib
+import json
+import os
+import re
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import make_tiny_config
+from hetreg_jax import losses, train
+from hetreg_jax import workdir as workdir_lib
+from hetreg_jax.checkpointing import Checkpointer, complete_steps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS, CHECKPOINT_EVERY = 40, 4
+TINY_CONFIG = f'''"""32x32 phantoms, batches of 4, {NUM_STEPS} steps, a checkpoint every {CHECKPOINT_EVERY}."""
+from configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.data.image_size = (32, 32)
+    c.data.synthetic_subjects = 5
+    c.data.slices_per_subject = 2
+    c.batch_size = 4
+    c.num_steps = {NUM_STEPS}
+    c.log_every = 4
+    c.checkpoint_every = {CHECKPOINT_EVERY}
+    c.eval_every = 0
+    c.eval.batch_size = 4
+    c.eval.sparsification_steps = 10
+    c.optim.motion_lr = 1e-3
+    c.optim.variance_lr = 1e-3
+    return c
+'''
+# absl / orbax log lines ("I1124 00:44:02.829983 1399... file.py:701] ..."), not part of the error report.
+LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
+
+
+class Cli:
+    """``python main.py --config=<tiny config> --workdir=...`` in a subprocess."""
+
+    def __init__(self, base):
+        self.base = base
+        self.config = os.path.join(base, "tiny.py")
+        with open(self.config, "w") as f:
+            f.write(TINY_CONFIG)
+        self.env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+                        JAX_COMPILATION_CACHE_DIR=os.path.join(base, "xla_cache"),
+                        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+        self.env.pop("XLA_FLAGS", None)
+
+    def args(self, workdir, *extra):
+        workdir_flag = [] if workdir is None else [f"--workdir={workdir}"]
+        return [sys.executable, "main.py", f"--config={self.config}", *workdir_flag, *extra]
+
+    def popen(self, workdir, *extra, **kwargs):
+        return subprocess.Popen(self.args(workdir, *extra), cwd=ROOT, env=self.env, text=True, **kwargs)
+
+    def run(self, workdir, *extra):
+        return subprocess.run(self.args(workdir, *extra), cwd=ROOT, env=self.env, text=True,
+                              capture_output=True, timeout=600)
+
+    def load_config(self):
+        return runpy.run_path(self.config)["get_config"]()
+
+
+def snapshot(path):
+    """Every file (name and SHA-256 of its bytes) and folder under ``path``; None if it is absent."""
+    if not os.path.exists(path):
+        return None
+    out = {}
+    for root, dirs, files in os.walk(path):
+        for d in dirs:
+            out[os.path.relpath(os.path.join(root, d), path)] = "<dir>"
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                out[os.path.relpath(os.path.join(root, name), path)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def error_line(proc) -> str:
+    """The single line the CLI printed on stderr (log lines aside); fails unless there is exactly one."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not LOG_LINE.match(line)]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
+
+
+def host_state(workdir, config):
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        state, meta = ckpt.restore(train.Trainer(config).abstract_state())
+    finally:
+        ckpt.close()
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state), meta
+
+
+def read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    return Cli(str(tmp_path_factory.mktemp("cli")))
+
+
+@pytest.fixture(scope="module")
+def trained(cli):
+    """An uninterrupted run of the tiny config (seed 0); tests must not modify it (copy it instead)."""
+    workdir = os.path.join(cli.base, "uninterrupted")
+    proc = cli.run(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+@pytest.fixture
+def trained_copy(trained, tmp_path):
+    return shutil.copytree(trained, str(tmp_path / "copy"))
+
+
+# ----------------------------------------------------------------------------------- crash & resume
+def test_kill_9_after_first_checkpoint_then_resume_matches_uninterrupted(cli, trained):
+    workdir = os.path.join(cli.base, "killed")
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    proc = cli.popen(workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not complete_steps(ckpt_dir):
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    steps = complete_steps(ckpt_dir)
+    assert steps[-1] < NUM_STEPS and not os.path.exists(os.path.join(workdir, "eval"))
+
+    # What a crash in mid-save or mid-log leaves: an orbax temporary folder, a step folder without
+    # its commit markers (orbax itself would pick it as latest), a half-written metrics line.
+    fake_step = steps[-1] + CHECKPOINT_EVERY
+    os.makedirs(os.path.join(ckpt_dir, str(fake_step), "state"))
+    with open(os.path.join(ckpt_dir, str(fake_step), "state", "junk"), "w") as f:
+        f.write("half")
+    os.makedirs(os.path.join(ckpt_dir, f"{fake_step + CHECKPOINT_EVERY}.orbax-checkpoint-tmp-7", "state"))
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 999, "motion_lo')
+
+    resumed = cli.run(workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from step {steps[-1]}" in resumed.stdout
+    assert complete_steps(ckpt_dir) == complete_steps(os.path.join(trained, "checkpoints"))
+    assert not any(".orbax-checkpoint-tmp" in name for name in os.listdir(ckpt_dir))
+
+    config = cli.load_config()
+    (full, full_meta), (again, again_meta) = host_state(trained, config), host_state(workdir, config)
+    assert full_meta == again_meta and full_meta["step"] == NUM_STEPS
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(again), strict=True):
+        np.testing.assert_array_equal(a, b)  # bit-identical on CPU
+    for name in ("eval/test_metrics.json", "eval/test_per_pair.csv", "metrics.jsonl"):
+        assert read_bytes(os.path.join(workdir, name)) == read_bytes(os.path.join(trained, name)), name
+
+
+def test_same_seed_same_metrics_other_seed_differs(cli, trained):
+    runs = {seed: os.path.join(cli.base, f"seed{seed}_again") for seed in (0, 1)}
+    procs = {seed: cli.popen(d, f"--config.seed={seed}", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for seed, d in runs.items()}
+    for proc in procs.values():
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+
+    def report(d):
+        with open(os.path.join(d, "eval", "test_metrics.json")) as f:
+            return json.load(f)
+
+    first, same, other = report(trained), report(runs[0]), report(runs[1])
+    assert same == first
+    assert other["dice"]["mean"] != first["dice"]["mean"]
+    assert other["epe"]["mean"] != first["epe"]["mean"]
+
+
+# ----------------------------------------------------------------------------------- refusals
+FRESH = "fresh"  # a workdir that does not exist: it must still not exist afterwards
+REFUSALS = {
+    "unknown config key": (FRESH, ["--config.nmu_steps=3"], 2, ["nmu_steps", 'Did you mean "num_steps"']),
+    "zero steps": (FRESH, ["--config.num_steps=0"], 1, ["config.num_steps must be positive, got 0"]),
+    "negative steps": (FRESH, ["--config.num_steps=-5"], 1, ["config.num_steps must be positive, got -5"]),
+    "eval without checkpoint": (FRESH, ["--mode=eval"], 1, ["no checkpoint in", "train first"]),
+    "size voxelmorph cannot take": (FRESH, ["--config.data.image_size=(40,40)"], 1,
+                                    ["(40, 40)", "divisible by 16"]),
+    "size transmorph cannot take": (FRESH, ["--config.model=transmorph", "--config.data.image_size=(48,48)"],
+                                    1, ["(48, 48)", "= 32"]),
+    "eval with another model": ("trained", ["--mode=eval", "--config.model=transmorph"], 1,
+                                ["model='voxelmorph'", "model='transmorph'", "uninterrupted/checkpoints/40"]),
+    "resume with another method": ("trained", ["--config.method=mse", "--allow_config_change"], 1,
+                                   ["method='ours'", "method='mse'", "uninterrupted/checkpoints/40"]),
+    "checkpoint tree of other widths": ("trained", ["--mode=eval", "--config.motion.enc_features=(8,16,16,16)"],
+                                        1, ["does not match the networks", "motion_params.", "in the checkpoint"]),
+    "config change without the flag": ("trained", ["--config.optim.motion_lr=0.01", "--config.loss.gamma=1.0"],
+                                       1, ["was started with a different config (2 keys differ)",
+                                        "loss.gamma: 0.5 -> 1.0; optim.motion_lr: 0.001 -> 0.01",
+                                        "--allow_config_change"]),
+    "num_steps below the checkpoint": ("trained", ["--config.num_steps=8"], 1,
+                                       ["at step 40, past config.num_steps=8"]),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_bad_input_is_refused_in_one_line_leaving_the_workdir_as_it_was(cli, trained, tmp_path, case):
+    target, extra, code, expected = REFUSALS[case]
+    workdir = str(tmp_path / "fresh") if target == FRESH else trained
+    before = snapshot(workdir)
+    proc = cli.run(workdir, *extra)
+    assert proc.returncode == code
+    line = error_line(proc)
+    for text in expected:
+        assert text in line, line
+    assert "Traceback" not in proc.stderr
+    assert snapshot(workdir) == before
+
+
+def test_missing_workdir_flag_is_refused_in_one_line(cli):
+    proc = cli.run(None)
+    assert proc.returncode == 2
+    assert "--workdir" in error_line(proc)
+
+
+def test_traceback_only_with_verbosity(cli, tmp_path):
+    proc = cli.run(str(tmp_path / "w"), "--config.num_steps=0", "--verbosity=1")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "num_steps must be positive" in proc.stderr
+
+
+def test_second_process_on_a_locked_workdir_is_refused(cli, trained_copy):
+    lock = workdir_lib.WorkdirLock(trained_copy).acquire()
+    try:
+        lock.claim()
+        before = snapshot(trained_copy)
+        proc = cli.run(trained_copy)
+        assert proc.returncode == 1
+        line = error_line(proc)
+        assert f"workdir {trained_copy} is in use by another process (pid {os.getpid()} on" in line
+        assert snapshot(trained_copy) == before
+        with pytest.raises(workdir_lib.WorkdirLocked, match="in use"):  # --mode=eval takes the lock too
+            train.evaluate_checkpoint(cli.load_config(), trained_copy)
+    finally:
+        lock.release()
+    with workdir_lib.WorkdirLock(trained_copy):  # free again
+        pass
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cli, trained_copy):
+    ckpt_dir = os.path.join(trained_copy, "checkpoints")
+    checkpoints_before = snapshot(ckpt_dir)
+    proc = cli.run(trained_copy, "--allow_config_change", "--config.optim.motion_lr=1e30",
+                   f"--config.num_steps={NUM_STEPS + 8}")
+    assert proc.returncode == 1
+    line = error_line(proc)
+    assert re.search(r"non-finite [a-z_, ]+ at step 4[1-8] \(phase alternating\)", line), line
+    assert f"the last good checkpoint (step {NUM_STEPS}) is kept in {ckpt_dir}" in line
+    assert snapshot(ckpt_dir) == checkpoints_before  # nothing written after the bad step
+    with open(os.path.join(trained_copy, "metrics.jsonl")) as f:
+        assert max(json.loads(r)["step"] for r in f) == NUM_STEPS
+
+
+# ----------------------------------------------------------------------------------- config record
+def test_config_change_with_the_flag_is_recorded(cli, trained_copy):
+    proc = cli.run(trained_copy, "--allow_config_change", "--config.seed=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "config changed: seed: 0 -> 3" in proc.stdout
+    with open(os.path.join(trained_copy, "config_history.jsonl")) as f:
+        (record,) = [json.loads(line) for line in f]
+    assert record["changes"] == {"seed": [0, 3]} and record["step"] == NUM_STEPS
+    assert record["restricted"] == ["seed"]
+    with open(os.path.join(trained_copy, "config.json")) as f:
+        assert json.load(f)["seed"] == 3
+    new = cli.load_config()
+    new.seed = 3
+    assert workdir_lib.config_changes(new, trained_copy) == {}  # the new config is now the record
+    new.seed = 0
+    with pytest.raises(workdir_lib.ConfigMismatch, match="seed: 3 -> 0"):
+        workdir_lib.config_changes(new, trained_copy)
+
+
+def test_free_keys_change_without_the_flag(tmp_path):
+    config = make_tiny_config()
+    workdir_lib.record_config(config, str(tmp_path), {})
+    changed = make_tiny_config(num_steps=60, log_every=5, eval_every=10, checkpoint_every=7,
+                               keep_checkpoints=5, **{"eval.batch_size": 2, "eval.label_rule": "reference"})
+    diffs = workdir_lib.config_changes(changed, str(tmp_path))
+    assert diffs == {"num_steps": (6, 60), "log_every": (2, 5), "eval_every": (0, 10),
+                     "checkpoint_every": (3, 7), "keep_checkpoints": (3, 5), "eval.batch_size": (4, 2),
+                     "eval.label_rule": ("threshold", "reference")}
+    restricted = make_tiny_config(**{"motion.int_steps": 5, "data.image_size": (64, 64)})
+    with pytest.raises(workdir_lib.ConfigMismatch) as info:
+        workdir_lib.config_changes(restricted, str(tmp_path))
+    assert info.value.differences == {"data.image_size": ([32, 32], [64, 64]), "motion.int_steps": (7, 5)}
+    assert "data.image_size: [32, 32] -> [64, 64]; motion.int_steps: 7 -> 5" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert set(workdir_lib.config_changes(restricted, str(tmp_path), allow_change=True)) == {
+        "data.image_size", "motion.int_steps"}
+
+
+# ----------------------------------------------------------------------------------- units
+def test_half_written_checkpoints_are_never_picked(trained, tmp_path):
+    ckpt_dir = shutil.copytree(os.path.join(trained, "checkpoints"), str(tmp_path / "checkpoints"))
+    good = complete_steps(ckpt_dir)
+    assert good == [NUM_STEPS - 8, NUM_STEPS - 4, NUM_STEPS]  # keep_checkpoints = 3
+    top_marker_only = os.path.join(ckpt_dir, str(NUM_STEPS + 12))
+    shutil.copytree(os.path.join(ckpt_dir, str(NUM_STEPS)), top_marker_only)
+    os.remove(os.path.join(top_marker_only, "meta", "commit_success.txt"))
+    fakes = [os.path.join(ckpt_dir, str(NUM_STEPS + 4)),
+             os.path.join(ckpt_dir, f"{NUM_STEPS + 8}.orbax-checkpoint-tmp-1700000000"), top_marker_only]
+    for path in fakes[:2]:
+        os.makedirs(os.path.join(path, "state"))
+    ckpt = Checkpointer(ckpt_dir)
+    try:
+        assert ckpt.latest_step() == NUM_STEPS and ckpt.all_steps() == good
+        assert ckpt.restore_meta()["step"] == NUM_STEPS
+        assert ckpt.incomplete_paths() == sorted(fakes)
+        assert ckpt.remove_incomplete() == sorted(fakes)
+        assert sorted(os.listdir(ckpt_dir)) == sorted(str(s) for s in good)
+        assert list(ckpt._manager.all_steps()) == good  # orbax's own view agrees after the clean-up
+    finally:
+        ckpt.close()
+
+
+def test_lock_is_exclusive_and_freed_when_its_holder_is_killed(tmp_path):
+    workdir = str(tmp_path / "w")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom hetreg_jax.workdir import WorkdirLock\n"
+         f"lock = WorkdirLock({workdir!r}).acquire()\nlock.claim()\nprint('held', flush=True)\ntime.sleep(120)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(workdir_lib.WorkdirLocked, match=f"pid {holder.pid} on"):
+            workdir_lib.WorkdirLock(workdir).acquire()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    with workdir_lib.WorkdirLock(workdir) as lock:  # the kernel released it: not stale
+        assert lock.held
+        with pytest.raises(workdir_lib.WorkdirLocked):  # a second handle in the same process is refused too
+            workdir_lib.WorkdirLock(workdir).acquire()
+    with pytest.raises(ValueError, match="not a folder"):
+        workdir_lib.WorkdirLock(os.path.join(workdir, ".lock")).acquire()
+
+
+def test_trim_metrics_drops_replayed_steps_and_half_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 4, "a": 1.0}\n{"step": 8, "a": 2.0}\n{"step": 12, "a": 3.0}\n{"step": 16, "a')
+    assert workdir_lib.trim_metrics(str(tmp_path), 8) == 2
+    assert path.read_text() == '{"step": 4, "a": 1.0}\n{"step": 8, "a": 2.0}\n'
+    assert workdir_lib.trim_metrics(str(tmp_path), 8) == 0  # nothing to do: the file is left alone
+
+
+def test_log_variance_is_clipped_to_a_safe_range():
+    lo, hi = train.LOG_VAR_RANGE
+    assert (lo, hi) == (-15.0, 15.0)
+    config = make_tiny_config()
+    trainer = train.Trainer(config)
+    x = jnp.linspace(0.0, 1.0, 4 * 32 * 32, dtype=jnp.float32).reshape(4, 32, 32, 1)
+    params = jax.device_get(jax.jit(trainer.variance_model.init)(jax.random.key(0), x, x)["params"])
+    log_var_fn = jax.jit(trainer._log_var)
+    for bias, bound in ((1e6, hi), (-1e6, lo)):
+        params["log_var"]["bias"] = np.full_like(params["log_var"]["bias"], bias)
+        log_var = log_var_fn(params, x, x[::-1])
+        assert float(jnp.min(log_var)) == float(jnp.max(log_var)) == bound
+        weight = losses.snr_weight(x[::-1], log_var, config.loss.gamma, mask=x > 0)
+        nll = losses.beta_nll(x[::-1], x, log_var, beta=config.loss.beta)
+        assert bool(jnp.all(jnp.isfinite(weight))) and bool(jnp.isfinite(nll))
