@@ -24,6 +24,8 @@ flags.DEFINE_string("moving", None, "register: moving image (NIfTI).")
 flags.DEFINE_string("fixed", None, "register: fixed image (NIfTI); the outputs are on its grid.")
 flags.DEFINE_string("moving_label", None, "register: optional label map of the moving image.")
 flags.DEFINE_string("out", None, "register: output folder.")
+flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices to split this host into (0 = one per core, "
+                     "as many as divide the batch sizes); no effect on GPU/TPU hosts.")
 flags.DEFINE_bool("allow_config_change", False,
                   "Resume a workdir whose recorded config differs (the change is logged in config_history.jsonl).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -36,11 +38,13 @@ def run(argv):
     del argv
     import jax
 
-    from hetreg_jax import train
+    from hetreg_jax import sharding, train
+
+    config = FLAGS.config
+    sharding.configure_cpu_devices([config.batch_size, config.eval.batch_size], FLAGS.cpu_devices)
 
     if jax.process_count() > 1:
         logging.info("process %d of %d", jax.process_index(), jax.process_count())
-    config = FLAGS.config
     if FLAGS.mode == "train":
         train.train_and_evaluate(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
     elif FLAGS.mode == "eval":

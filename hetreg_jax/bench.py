@@ -25,6 +25,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_integer("steps", 30, "Timed training iterations (after one compile and one warm-up call).")
 flags.DEFINE_integer("infer_batches", 30, "Timed inference batches.")
+flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices (0 = one per core, as many as divide the batch).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -93,6 +94,7 @@ def benchmark(config, steps: int, infer_batches: int) -> dict:
 
 def main(argv):
     del argv
+    sharding.configure_cpu_devices([FLAGS.config.batch_size], FLAGS.cpu_devices)
     result = benchmark(FLAGS.config, FLAGS.steps, FLAGS.infer_batches)
     print(f"device            {result['devices']}")
     print(f"model / method    {result['model']} / {result['method']}, {result['image_size']}, "

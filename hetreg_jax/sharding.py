@@ -6,6 +6,7 @@ so the same code runs on one CPU, one GPU, 4 fake CPU devices or a multi-host TP
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -59,3 +60,25 @@ def process_slice(global_size: int) -> slice:
     local = global_size // jax.process_count()
     start = jax.process_index() * local
     return slice(start, start + local)
+
+
+def cpu_device_count(batch_sizes: Sequence[int], cores: int | None = None) -> int:
+    """How many XLA CPU devices to split this host into: the most, up to one per core, that divides
+    every batch size (so each device gets whole pairs)."""
+    cores = cores or len(os.sched_getaffinity(0))
+    for n in range(max(1, min([cores, *batch_sizes])), 0, -1):
+        if all(b % n == 0 for b in batch_sizes):
+            return n
+    return 1
+
+
+def configure_cpu_devices(batch_sizes: Sequence[int], requested: int = 0) -> int:
+    """Before any JAX computation: expose the CPU as ``requested`` devices (0 = ``cpu_device_count``).
+
+    Many XLA:CPU kernels (convolutions included) run on one thread, so a data mesh with one CPU device
+    per core keeps every core busy (on 2 cores: 21.9 vs 17.5 training pairs/s, see the README). It
+    only affects the CPU backend; on a GPU or TPU host the mesh still spans the accelerators.
+    """
+    n = requested or cpu_device_count(batch_sizes)
+    jax.config.update("jax_num_cpu_devices", n)
+    return n

@@ -170,3 +170,11 @@ def test_transmorph_alternating_step_and_deterministic_eval(tiny_config):
     np.testing.assert_array_equal(first, np.asarray(trainer.predict(state, batch)["displacement"]))
     with pytest.raises(ValueError, match="image_size"):
         train.motion_model_kwargs(tiny_config(model="transmorph", **{"data.image_size": (48, 48)}))
+
+
+def test_cpu_device_count_is_one_per_core_dividing_every_batch():
+    assert sharding.cpu_device_count([8, 8], cores=2) == 2
+    assert sharding.cpu_device_count([8, 8], cores=3) == 2   # 3 does not divide 8
+    assert sharding.cpu_device_count([8, 6], cores=16) == 2  # the largest common divisor up to 16
+    assert sharding.cpu_device_count([2, 2], cores=16) == 2
+    assert sharding.cpu_device_count([1], cores=4) == 1
