@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from typing import Any, Callable
 
 import jax
@@ -21,6 +20,7 @@ import numpy as np
 import optax
 
 from hetreg_jax import losses, methods, sharding, spatial
+from hetreg_jax.progress import Progress
 from hetreg_jax import train_state as ts
 from hetreg_jax.models import get_model
 
@@ -234,31 +234,6 @@ class Trainer:
             out["weight"] = losses.snr_weight(fixed, log_var, self.config.loss.gamma,
                                               form=self.config.loss.snr_form, mask=self._mask(moving, fixed))
         return out
-
-
-class Progress:
-    """Terminal progress: step, phase, losses, steps/s, pairs/s and ETA."""
-
-    def __init__(self, total: int, start: int, batch_size: int):
-        self.total, self.start, self.batch_size = total, start, batch_size
-        self.t0, self.last_t, self.last_step = time.time(), time.time(), start
-
-    def line(self, step: int, phase: str, measures: dict) -> str:
-        now = time.time()
-        rate = (step - self.last_step) / max(now - self.last_t, 1e-9)
-        self.last_t, self.last_step = now, step
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
-        keys = [k for k in ("motion_loss", "similarity", "smoothness", "variance_loss") if k in measures]
-        losses_txt = " ".join(f"{k}={measures[k]:.5f}" for k in keys)
-        return (f"step {step}/{self.total} [{phase}] {losses_txt} | {rate:.2f} steps/s "
-                f"{rate * self.batch_size:.1f} pairs/s | ETA {_fmt_seconds(eta)}")
-
-
-def _fmt_seconds(s: float) -> str:
-    if not np.isfinite(s):
-        return "?"
-    s = int(s)
-    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def check_finite(step: int, phase: str, measures: dict,

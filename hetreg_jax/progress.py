@@ -1,0 +1,32 @@
+"""Terminal progress of a training run: step, phase, losses, steps/s, pairs/s and ETA."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+class Progress:
+    """Terminal progress: step, phase, losses, steps/s, pairs/s and ETA."""
+
+    def __init__(self, total: int, start: int, batch_size: int):
+        self.total, self.start, self.batch_size = total, start, batch_size
+        self.t0, self.last_t, self.last_step = time.time(), time.time(), start
+
+    def line(self, step: int, phase: str, measures: dict) -> str:
+        now = time.time()
+        rate = (step - self.last_step) / max(now - self.last_t, 1e-9)
+        self.last_t, self.last_step = now, step
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        keys = [k for k in ("motion_loss", "similarity", "smoothness", "variance_loss") if k in measures]
+        losses_txt = " ".join(f"{k}={measures[k]:.5f}" for k in keys)
+        return (f"step {step}/{self.total} [{phase}] {losses_txt} | {rate:.2f} steps/s "
+                f"{rate * self.batch_size:.1f} pairs/s | ETA {_fmt_seconds(eta)}")
+
+
+def _fmt_seconds(s: float) -> str:
+    if not np.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
