@@ -1,10 +1,13 @@
 """Paired comparison of two evaluated runs (the paper's Table 2 t-tests).
 
     python -m hetreg_jax.compare runs/ours runs/mse [--metrics=dice,hd,asd,epe]
+    python -m hetreg_jax.compare runs/ours_s1,runs/ours_s2 runs/mse_s1,runs/mse_s2   # pooled seeds
 
 Reads ``<run>/eval/test_per_pair.csv`` of both runs, pairs the rows by ``pair_id`` (a pair missing or
 excluded in either run is left out and counted), and runs scipy's paired t-test (``ttest_rel``) per
-metric, dropping pairs where either value is NaN. The last line is one JSON object.
+metric, dropping pairs where either value is NaN. Comma-separated lists of runs (e.g. one per seed)
+are paired position by position and pooled: a row is keyed by (position, ``pair_id``). The last line
+is one JSON object.
 """
 
 from __future__ import annotations
@@ -32,8 +35,15 @@ def read_per_pair(run: str) -> dict[str, dict[str, str]]:
         return {row["pair_id"]: row for row in csv.DictReader(f)}
 
 
+def read_runs(runs: str) -> dict[tuple[int, str], dict[str, str]]:
+    """Per-pair rows of one run or of a comma-separated list, keyed by (position, pair_id)."""
+    return {(i, pair): row for i, run in enumerate(runs.split(",")) for pair, row in read_per_pair(run).items()}
+
+
 def compare(run_a: str, run_b: str, names) -> dict:
-    a, b = read_per_pair(run_a), read_per_pair(run_b)
+    if len(run_a.split(",")) != len(run_b.split(",")):
+        raise ValueError(f"{run_a!r} and {run_b!r} list different numbers of runs")
+    a, b = read_runs(run_a), read_runs(run_b)
     common = sorted(set(a) & set(b))
     out = {"run_a": run_a, "run_b": run_b, "n_common": len(common),
            "only_in_a": len(set(a) - set(b)), "only_in_b": len(set(b) - set(a)), "metrics": {}}
@@ -54,7 +64,7 @@ def main(argv):
         sys.exit(2)
     try:
         result = compare(argv[1], argv[2], FLAGS.metrics)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     print(f"A = {argv[1]}\nB = {argv[2]}\npaired pairs: {result['n_common']} "

@@ -39,3 +39,15 @@ def test_pairs_by_id_drops_unmatched_and_nan_and_matches_scipy(tmp_path):
 def test_missing_report_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="test_per_pair.csv"):
         compare.compare(str(tmp_path / "x"), str(tmp_path / "y"), ["dice"])
+
+
+def test_comma_separated_runs_are_paired_by_position_and_pooled(tmp_path):
+    for name, values in (("a1", [1.0, 2.0]), ("a2", [3.0, 5.0]), ("b1", [0.5, 1.0]), ("b2", [2.0, 3.5])):
+        _write_run(str(tmp_path / name), [{"pair_id": f"p{i}", "dice": v, "hd": 0.0} for i, v in enumerate(values)])
+    runs = lambda *n: ",".join(str(tmp_path / x) for x in n)  # noqa: E731
+    result = compare.compare(runs("a1", "a2"), runs("b1", "b2"), ["dice"])
+    assert result["n_common"] == 4
+    expected = stats.ttest_rel([1.0, 2.0, 3.0, 5.0], [0.5, 1.0, 2.0, 3.5])
+    assert result["metrics"]["dice"]["t"] == pytest.approx(expected.statistic)
+    with pytest.raises(ValueError, match="different numbers"):
+        compare.compare(runs("a1", "a2"), runs("b1"), ["dice"])
