@@ -16,9 +16,10 @@ from hetreg_jax import losses
 @dataclasses.dataclass(frozen=True)
 class Method:
     name: str
-    similarity: str        # "snr_mse" | "mse" | "ncc" | "mi"
-    uses_variance: bool    # train a variance U-Net with beta-NLL in alternation
+    similarity: str        # "snr_mse" | "mse" | "ncc" | "mi" | "nll" | "beta_nll"
+    uses_variance: bool    # a variance U-Net is trained too
     description: str
+    joint: bool = False    # one loss through both networks, one update of each per step
 
 
 METHODS = {
@@ -28,6 +29,10 @@ METHODS = {
         Method("mse", "mse", False, "VoxelMorph/TransMorph with plain (masked) MSE"),
         Method("ncc", "ncc", False, "local normalised cross-correlation (window loss.ncc_window)"),
         Method("mi", "mi", False, "Parzen-window mutual information (loss.mi_bins bins)"),
+        Method("nll", "nll", True, "joint Gaussian NLL of both networks (Kendall & Gal), no stop-gradient",
+               joint=True),
+        Method("beta_nll", "beta_nll", True, "joint beta-NLL of both networks (Seitzer et al.), "
+               "only sigma^(2 beta) stop-gradient'd", joint=True),
     )
 }
 
@@ -39,8 +44,12 @@ def get_method(name: str) -> Method:
 
 
 def similarity(method: Method, loss_cfg, fixed: jax.Array, warped: jax.Array,
-               weight: jax.Array | None, mask: jax.Array | None) -> jax.Array:
-    """The motion loss's data term for ``method`` (a scalar to minimise)."""
+               weight: jax.Array | None, mask: jax.Array | None, log_var: jax.Array | None = None) -> jax.Array:
+    """The motion loss's data term for ``method`` (a scalar to minimise); ``log_var`` for joint methods."""
+    if method.similarity == "nll":
+        return losses.gaussian_nll(fixed, warped, log_var, mask=mask)
+    if method.similarity == "beta_nll":
+        return losses.joint_beta_nll(fixed, warped, log_var, beta=loss_cfg.beta, mask=mask)
     if method.similarity in ("snr_mse", "mse"):
         if weight is None:
             return losses.mse(fixed, warped, mask)

@@ -28,7 +28,7 @@ from hetreg_jax.models import get_model
 # so that exp(-log_var) in the SNR and the beta-NLL can never overflow float32.
 LOG_VAR_RANGE = (-15.0, 15.0)
 
-PHASES = ("motion", "motion_warmup", "variance", "alternating")
+PHASES = ("motion", "motion_warmup", "variance", "alternating", "joint")
 
 
 def motion_model_kwargs(config) -> dict:
@@ -97,6 +97,7 @@ class Trainer:
             "motion_warmup": jit_step(self._iteration("motion_warmup")),
             "variance": jit_step(self._iteration("variance")),
             "alternating": jit_step(self._iteration("alternating")),
+            "joint": jit_step(self._iteration("joint")),
         }
         self.predict = jax.jit(self._predict, out_shardings=sharding.batch_sharding(self.mesh))
 
@@ -123,6 +124,8 @@ class Trainer:
         """Which update runs at ``step`` (0-based): see PHASES."""
         if not self.method.uses_variance:
             return "motion"
+        if self.method.joint:
+            return "joint"
         if self.config.warm_start:
             warm = self.config.warm_start_epochs * self.config.steps_per_epoch
             if step < warm:
@@ -156,12 +159,14 @@ class Trainer:
         """Similarity of ``warp(source, displacement)`` to ``target`` (one direction)."""
         warped = spatial.warp(source, displacement)
         mask = self._mask(source, target)
-        weight = None
-        if weighted:
+        weight = log_var = None
+        if self.method.joint:  # the naive joint baselines: gradients reach theta through log_var too
+            log_var = self._log_var(variance_params, warped, target)
+        elif weighted:
             log_var = self._log_var(variance_params, jax.lax.stop_gradient(warped), target)
             cfg = self.config.loss
             weight = losses.snr_weight(target, log_var, cfg.gamma, form=cfg.snr_form, mask=mask)
-        return methods.similarity(self.method, self.config.loss, target, warped, weight, mask)
+        return methods.similarity(self.method, self.config.loss, target, warped, weight, mask, log_var)
 
     def _motion_loss(self, motion_params, variance_params, batch, rng, weighted):
         moving, fixed = batch["moving"], batch["fixed"]
@@ -206,9 +211,25 @@ class Trainer:
         measures = {"variance_loss": loss, "variance_grad_norm": optax.tree.norm(grads)}
         return state.replace(variance_params=params, variance_opt_state=opt_state), measures
 
+    def _joint_step(self, state: ts.TrainState, batch):
+        """NLL / beta-NLL baselines: one loss, differentiated w.r.t. both parameter trees."""
+        rng = self._dropout_rng(state.step) if self.config.model == "transmorph" else None
+        grad_fn = jax.value_and_grad(self._motion_loss, argnums=(0, 1), has_aux=True)
+        (_, measures), (g_motion, g_var) = grad_fn(state.motion_params, state.variance_params, batch, rng, False)
+        m_updates, m_opt = self.motion_tx.update(g_motion, state.motion_opt_state, state.motion_params)
+        v_updates, v_opt = self.variance_tx.update(g_var, state.variance_opt_state, state.variance_params)
+        measures["motion_grad_norm"] = optax.tree.norm(g_motion)
+        measures["variance_grad_norm"] = optax.tree.norm(g_var)
+        return state.replace(motion_params=optax.apply_updates(state.motion_params, m_updates),
+                             variance_params=optax.apply_updates(state.variance_params, v_updates),
+                             motion_opt_state=m_opt, variance_opt_state=v_opt), measures
+
     def _iteration(self, phase: str) -> Callable:
         def iterate(state, batch):
             measures = {}
+            if phase == "joint":
+                state, m = self._joint_step(state, batch)
+                measures.update(m)
             if phase in ("motion", "motion_warmup", "alternating"):
                 state, m = self._motion_step(state, batch, weighted=phase == "alternating")
                 measures.update(m)
@@ -231,6 +252,7 @@ class Trainer:
         if self.variance_model is not None:
             log_var = self._log_var(state.variance_params, warped, fixed)
             out["log_var"] = log_var
+        if self.variance_model is not None and not self.method.joint:  # the weight "ours" trains with
             out["weight"] = losses.snr_weight(fixed, log_var, self.config.loss.gamma,
                                               form=self.config.loss.snr_form, mask=self._mask(moving, fixed))
         return out

@@ -178,3 +178,23 @@ def test_cpu_device_count_is_one_per_core_dividing_every_batch():
     assert sharding.cpu_device_count([8, 6], cores=16) == 2  # the largest common divisor up to 16
     assert sharding.cpu_device_count([2, 2], cores=16) == 2
     assert sharding.cpu_device_count([1], cores=4) == 1
+
+
+@pytest.mark.parametrize("method", ["nll", "beta_nll"])
+def test_joint_baselines_update_both_networks_with_gradient_through_the_variance_input(tiny_config, method):
+    config = tiny_config(method=method)
+    trainer = train.Trainer(config)
+    assert trainer.phase(0) == "joint" and trainer.method.joint
+    state = trainer.init_state()
+    batch = _batch(trainer, config)
+    # One joint loss: both parameter trees receive gradient from it (the naive approach the paper analyses).
+    grads = jax.grad(lambda mp, vp: trainer._motion_loss(mp, vp, batch, None, False)[0], argnums=(0, 1))(
+        state.motion_params, state.variance_params)
+    assert all(sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(t)) > 0 for t in grads)
+    before = _host(state)
+    state, measures = trainer.train_step("joint")(state, batch)
+    after = _host(state)
+    assert _max_tree_diff(before.motion_params, after.motion_params) > 0
+    assert _max_tree_diff(before.variance_params, after.variance_params) > 0
+    assert all(np.isfinite(float(v)) for v in measures.values())
+    assert "weight" not in trainer.predict(state, batch)
