@@ -198,3 +198,13 @@ def test_joint_baselines_update_both_networks_with_gradient_through_the_variance
     assert _max_tree_diff(before.variance_params, after.variance_params) > 0
     assert all(np.isfinite(float(v)) for v in measures.values())
     assert "weight" not in trainer.predict(state, batch)
+
+
+def test_train_and_evaluate_in_3d(tmp_path, tiny_config):
+    config = tiny_config(num_steps=2, log_every=1, checkpoint_every=2, **{
+        "data.dataset": "echo3d", "data.image_size": (16, 16, 16), "data.synthetic_subjects": 4})
+    summary = train.train_and_evaluate(config, str(tmp_path / "run3d"))
+    assert summary["n_evaluated"] >= 1
+    for key in ("dice", "hd", "asd", "folding_percent", "sd_log_jacobian", "epe", "ause"):
+        assert np.isfinite(summary[key]["mean"]), key
+    assert 0 <= summary["dice"]["mean"] <= 100
