@@ -73,10 +73,11 @@ def _deformation_metrics(disp: np.ndarray, true_disp, es_myo: np.ndarray) -> dic
 
 
 def pair_rows(pairs: Mapping, pred: Mapping, label_rule: str, sparsification_steps: int):
-    """Per-pair metric rows and the excluded pairs with reasons."""
+    """Per-pair metric rows, the excluded pairs with reasons, and the per-pair sparsification curves
+    (``(curve, oracle)`` for methods with a variance net)."""
     if label_rule not in ("threshold", "reference"):
         raise ValueError(f"config.eval.label_rule={label_rule!r}; known: 'threshold', 'reference'")
-    rows, excluded = [], []
+    rows, excluded, curves = [], [], []
     true_disps = pairs.get("displacement")
     for i in range(pipeline.num_pairs(pairs)):
         pair_id = pairs["pair_id"][i]
@@ -99,10 +100,14 @@ def pair_rows(pairs: Mapping, pred: Mapping, label_rule: str, sparsification_ste
             fixed, moving = pairs["fixed"][i, ..., 0], pairs["moving"][i, ..., 0]
             fg = (fixed != 0) | (moving != 0)
             sq = (fixed - pred["warped"][i, ..., 0]) ** 2
-            row["ause"] = metrics.ause(sq, pred["log_var"][i, ..., 0], steps=sparsification_steps, mask=fg)
-            row["sparsification_mse0"] = float(sq[fg].mean()) if fg.any() else math.nan
+            row["sparsification_mse0"] = row["ause"] = math.nan
+            if fg.any():
+                _, curve, oracle, row["ause"] = metrics.sparsification_curves(
+                    sq, pred["log_var"][i, ..., 0], steps=sparsification_steps, mask=fg)
+                row["sparsification_mse0"] = float(curve[0])
+                curves.append((curve, oracle))
         rows.append(row)
-    return rows, excluded
+    return rows, excluded, curves
 
 
 def summarize(rows: list[dict], excluded: list[dict], n_pairs: int) -> dict:
@@ -158,9 +163,15 @@ def _json_safe(obj):
 def evaluate(trainer, state, pairs: Mapping, config, outdir: str | None = None, name: str = "test") -> dict:
     """Predict, score every pair, and (when ``outdir`` is given) write the two reports."""
     pred = predict_pairs(trainer, state, pairs, config.eval.batch_size)
-    rows, excluded = pair_rows(pairs, pred, config.eval.label_rule, config.eval.sparsification_steps)
+    steps = config.eval.sparsification_steps
+    rows, excluded, curves = pair_rows(pairs, pred, config.eval.label_rule, steps)
     summary = summarize(rows, excluded, pipeline.num_pairs(pairs))
     summary["label_rule"] = config.eval.label_rule
+    if curves:  # the paper's Fig. 3: mean raw-MSE sparsification curve and oracle over the pairs
+        summary["sparsification"] = {"fraction_removed": list(np.arange(steps) / steps),
+                                     "curve": list(np.mean([c for c, _ in curves], axis=0)),
+                                     "oracle": list(np.mean([o for _, o in curves], axis=0)),
+                                     "n_pairs": len(curves)}
     if outdir is not None:
         write_reports(outdir, rows, summary, name)
     return summary
@@ -172,5 +183,5 @@ def validation_dice(trainer, state, pairs: Mapping, config) -> float:
     limit = config.eval.val_pairs or n
     subset = pipeline.take(pairs, np.arange(min(n, limit)))
     pred = predict_pairs(trainer, state, subset, config.eval.batch_size)
-    rows, _ = pair_rows(subset, pred, config.eval.label_rule, config.eval.sparsification_steps)
+    rows, _, _ = pair_rows(subset, pred, config.eval.label_rule, config.eval.sparsification_steps)
     return float(np.nanmean([r["dice"] for r in rows])) if rows else math.nan

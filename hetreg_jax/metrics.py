@@ -283,9 +283,14 @@ def ause(sq_error, uncertainty, steps: int = 50, mask=None) -> float:
     over ``[0, 1 - 1/steps]``), on raw (unnormalised) MSE curves. ``0`` for a perfect ranking,
     positive for a worse one.
     """
+    return sparsification_curves(sq_error, uncertainty, steps, mask)[3]
+
+
+def sparsification_curves(sq_error, uncertainty, steps: int = 50, mask=None):
+    """``(fractions, curve, oracle_curve, ause)`` in one pass (see :func:`sparsification`, :func:`ause`)."""
     fractions, curve = sparsification(sq_error, uncertainty, steps, mask=mask)
     _, oracle = oracle_sparsification(sq_error, steps, mask=mask)
-    return float(np.trapezoid(curve - oracle, fractions))
+    return fractions, curve, oracle, float(np.trapezoid(curve - oracle, fractions))
 
 
 # ----------------------------------------------------------------------------------------------

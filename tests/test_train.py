@@ -132,6 +132,10 @@ def test_train_and_evaluate_then_resume_matches_uninterrupted(tmp_path, tiny_con
     assert report["n_pairs"] == report["n_evaluated"] + report["n_excluded"] > 0
     assert report["dice"]["n"] == report["n_evaluated"]
     assert "ause" in report
+    sparse = report["sparsification"]  # mean curves over the pairs (the paper's Fig. 3)
+    assert len(sparse["curve"]) == len(sparse["oracle"]) == config.eval.sparsification_steps
+    assert all(o <= c + 1e-12 for c, o in zip(sparse["curve"], sparse["oracle"]))
+    assert np.all(np.diff(sparse["oracle"]) <= 1e-12)
     with open(os.path.join(full_dir, "eval", "test_per_pair.csv")) as f:
         assert len(f.read().strip().splitlines()) == report["n_evaluated"] + 1
     assert summary["dice"]["mean"] == report["dice"]["mean"]
