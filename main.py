@@ -26,6 +26,11 @@ flags.DEFINE_string("moving_label", None, "register: optional label map of the m
 flags.DEFINE_string("out", None, "register: output folder.")
 flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices to split this host into (0 = one per core, "
                      "as many as divide the batch sizes); no effect on GPU/TPU hosts.")
+flags.DEFINE_bool("distributed", False, "Multi-process run: call jax.distributed.initialize (auto-detected "
+                  "on Cloud TPU/SLURM, or from the three flags below).")
+flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 flags.DEFINE_bool("allow_config_change", False,
                   "Resume a workdir whose recorded config differs (the change is logged in config_history.jsonl).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -41,7 +46,8 @@ def run(argv):
     from hetreg_jax import sharding, train
 
     config = FLAGS.config
-    sharding.configure_cpu_devices([config.batch_size, config.eval.batch_size], FLAGS.cpu_devices)
+    sharding.initialize([config.batch_size, config.eval.batch_size], FLAGS.cpu_devices, FLAGS.distributed,
+                        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
     if jax.process_count() > 1:
         logging.info("process %d of %d", jax.process_index(), jax.process_count())

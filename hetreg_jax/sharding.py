@@ -82,3 +82,17 @@ def configure_cpu_devices(batch_sizes: Sequence[int], requested: int = 0) -> int
     n = requested or cpu_device_count(batch_sizes)
     jax.config.update("jax_num_cpu_devices", n)
     return n
+
+
+def initialize(batch_sizes: Sequence[int], cpu_devices: int = 0, distributed: bool = False,
+               coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+    """Set up the runtime before any JAX computation: the CPU device count, then, for a multi-process
+    run, ``jax.distributed.initialize`` (no arguments auto-detects Cloud TPU and SLURM; on CPU hosts
+    give the coordinator, the process count and this process's id; collectives use gloo)."""
+    per_process = max(1, num_processes or 1)
+    configure_cpu_devices([max(1, b // per_process) for b in batch_sizes], cpu_devices)
+    if distributed or coordinator_address:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                                   process_id=process_id)

@@ -99,7 +99,8 @@ class Trainer:
             "alternating": jit_step(self._iteration("alternating")),
             "joint": jit_step(self._iteration("joint")),
         }
-        self.predict = jax.jit(self._predict, out_shardings=sharding.batch_sharding(self.mesh))
+        # Replicated outputs: every process of a multi-host run can read the whole batch's predictions.
+        self.predict = jax.jit(self._predict, out_shardings=repl)
 
     # ----------------------------------------------------------------------------- set-up
     def init_state(self, seed: int | None = None) -> ts.TrainState:
@@ -258,6 +259,12 @@ class Trainer:
         return out
 
 
+def say(*parts) -> None:
+    """Terminal output of the run, from process 0 only (one copy in a multi-host run)."""
+    if jax.process_index() == 0:
+        print(*parts, flush=True)
+
+
 def check_finite(step: int, phase: str, measures: dict,
                  kept: str = "the last good checkpoint is kept") -> None:
     """Stop the run on a non-finite loss or gradient, naming the step, the phase and the term."""
@@ -408,10 +415,9 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
                 ckpt.remove_incomplete()
                 workdir_lib.trim_metrics(workdir, start)
             if changes:
-                print("config changed: " + "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changes.items()),
-                      flush=True)
+                say("config changed: " + "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changes.items()))
             if start:
-                print(f"resuming from step {start} ({ckpt.directory})", flush=True)
+                say(f"resuming from step {start} ({ckpt.directory})")
             state = _train_steps(trainer, state, start, splits, config, workdir, ckpt)
         finally:
             ckpt.close()
@@ -455,11 +461,11 @@ def _train_steps(trainer: Trainer, state, start: int, splits: dict, config, work
             measures, pending = check_pending(pending, kept), []
             writer.write(done, measures)
             if log:
-                print(progress.line(done, phase, measures), flush=True)
+                say(progress.line(done, phase, measures))
             if validate:
                 dice = evaluation.validation_dice(trainer, state, splits["val"], config)
                 writer.write(done, {"val_dice": dice})
-                print(f"step {done}: validation Dice {dice:.2f}%", flush=True)
+                say(f"step {done}: validation Dice {dice:.2f}%")
             if save:
                 if not bool(params_finite(state)):
                     raise FloatingPointError(
@@ -498,8 +504,8 @@ def _print_summary(summary: dict) -> None:
     def fmt(d, key):
         s = d.get(key)
         return f"{s['mean']:.2f} ± {s['std']:.2f}" if s and s["mean"] == s["mean"] else "n/a"
-    print(f"test pairs: {summary['n_evaluated']} evaluated, {summary['n_excluded']} excluded", flush=True)
+    say(f"test pairs: {summary['n_evaluated']} evaluated, {summary['n_excluded']} excluded")
     for key in ("dice", "hd", "asd", "folding_percent", "epe"):
         if key in summary:
-            print(f"  {key:16s} registered {fmt(summary, key):>18s}   undeformed "
-                  f"{fmt(summary['undeformed'], key):>18s}", flush=True)
+            say(f"  {key:16s} registered {fmt(summary, key):>18s}   undeformed "
+                f"{fmt(summary['undeformed'], key):>18s}")

@@ -1,0 +1,81 @@
+"""Two processes (2 CPU devices each, gloo collectives on loopback) train like one process with 4."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from hetreg_jax import train
+from hetreg_jax.checkpointing import Checkpointer
+from conftest import make_tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = '''
+from configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.data.image_size = (32, 32)
+    c.data.synthetic_subjects = 5
+    c.data.slices_per_subject = 2
+    c.batch_size = 4
+    c.num_steps = 4
+    c.log_every = 2
+    c.checkpoint_every = 4
+    c.eval_every = 0
+    c.eval.batch_size = 4
+    c.eval.sparsification_steps = 10
+    return c
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _main(config_path, workdir, *flags):
+    cmd = [sys.executable, "main.py", f"--config={config_path}", f"--workdir={workdir}", *flags]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _final_state(workdir):
+    trainer = train.Trainer(make_tiny_config())
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    state, _ = ckpt.restore(trainer.abstract_state())
+    ckpt.close()
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state)
+
+
+def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
+    config_path = tmp_path / "tiny.py"
+    config_path.write_text(TINY)
+    multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+    port = _free_port()
+    procs = [_main(config_path, multi, "--cpu_devices=2", f"--coordinator_address=127.0.0.1:{port}",
+                   "--num_processes=2", f"--process_id={i}") for i in (0, 1)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert "test pairs" in outputs[0] and "test pairs" not in outputs[1]  # process 0 reports
+    one = _main(config_path, single, "--cpu_devices=4")
+    out = one.communicate(timeout=300)[0]
+    assert one.returncode == 0, out
+
+    a, b = _final_state(multi), _final_state(single)
+    assert int(a.step) == int(b.step) == 4
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    reports = []
+    for d in (multi, single):
+        with open(os.path.join(d, "eval", "test_metrics.json")) as f:
+            reports.append(json.load(f))
+    assert reports[0]["n_evaluated"] == reports[1]["n_evaluated"] > 0
+    np.testing.assert_allclose(reports[0]["dice"]["mean"], reports[1]["dice"]["mean"], rtol=1e-4)
+    np.testing.assert_allclose(reports[0]["epe"]["mean"], reports[1]["epe"]["mean"], rtol=1e-4)
