@@ -217,3 +217,21 @@ def test_registry():
     assert isinstance(get_model("variance_unet"), VarianceUNet)
     with pytest.raises(ValueError, match="voxelmorph, variance_unet, transmorph"):
         get_model("resnet")
+
+
+@pytest.mark.parametrize("shape_low, c_skip", [((2, 4, 5, 3), 2), ((1, 3, 4, 2, 2), 3)])
+def test_upsample_concat_conv_equals_the_plain_form(shape_low, c_skip):
+    from hetreg_jax.models.unet import _conv, upsample_concat_conv
+    rng = np.random.default_rng(0)
+    ndim = len(shape_low) - 2
+    low = jnp.asarray(rng.normal(size=shape_low), jnp.float32)
+    skip = jnp.asarray(rng.normal(size=(shape_low[0], *(2 * n for n in shape_low[1:-1]), c_skip)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3,) * ndim + (shape_low[-1] + c_skip, 4)), jnp.float32)
+    plain = _conv(jnp.concatenate([upsample_nearest(low), skip], axis=-1), kernel, "SAME")
+    np.testing.assert_allclose(upsample_concat_conv(low, skip, kernel), plain, rtol=1e-5, atol=1e-5)
+    # ...and so are the gradients with respect to every input.
+    g_fast = jax.grad(lambda *a: jnp.sum(upsample_concat_conv(*a) ** 2), argnums=(0, 1, 2))(low, skip, kernel)
+    g_plain = jax.grad(lambda lo, sk, k: jnp.sum(_conv(jnp.concatenate([upsample_nearest(lo), sk], -1), k,
+                                                       "SAME") ** 2), argnums=(0, 1, 2))(low, skip, kernel)
+    for a, b in zip(g_fast, g_plain):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -5,7 +5,8 @@ convolution per level):
 
 - encoder: for each ``enc_features[i]``: conv + LeakyReLU(0.2) -> keep as skip -> 2x max-pool;
 - decoder: for each of the first ``len(enc)`` entries of ``dec_features``: conv + LeakyReLU(0.2) ->
-  nearest 2x upsample -> concatenate the matching encoder skip (deepest first);
+  nearest 2x upsample -> concatenate the matching encoder skip (deepest first); the convolution
+  that follows each upsampling is computed in the exact sub-pixel form (``upsample_concat_conv``);
 - the remaining ``dec_features`` entries: conv + LeakyReLU(0.2) at full resolution.
 
 The raw input is not concatenated to anything. Every convolution is ``3**ndim``, stride 1, 'SAME'
@@ -18,6 +19,7 @@ dynamics match the reference implementation.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable, Sequence
 
@@ -72,6 +74,68 @@ def upsample_nearest(x: jax.Array, factor: int = 2) -> jax.Array:
     return x
 
 
+def _fold_taps(kernel: jax.Array, axis: int, phase: int) -> jax.Array:
+    """Fold a 3-tap kernel axis to the 2 taps that one output phase of a nearest-2x-upsampled input sees.
+
+    Output ``2i + 0`` reads upsampled rows ``2i-1, 2i, 2i+1`` = input rows ``i-1, i, i`` (taps
+    ``w0, w1 + w2``); output ``2i + 1`` reads input rows ``i, i, i+1`` (taps ``w0 + w1, w2``).
+    """
+    w0, w1, w2 = (jnp.take(kernel, t, axis=axis) for t in range(3))
+    taps = (w0, w1 + w2) if phase == 0 else (w0 + w1, w2)
+    return jnp.stack(taps, axis=axis)
+
+
+def _conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
+    ndim = x.ndim - 2
+    spatial = "DHW"[-ndim:] if ndim <= 3 else None
+    if spatial is None:
+        raise ValueError(f"only 1D to 3D convolutions are supported, got ndim={ndim}")
+    dims = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+    return jax.lax.conv_general_dilated(x, kernel, (1,) * ndim, padding, dimension_numbers=dims)
+
+
+def upsample_concat_conv(low: jax.Array, skip: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``conv(concat(upsample_nearest(low), skip), kernel)`` ('SAME' zero padding, no bias), exactly,
+    without building the upsampled tensor.
+
+    A nearest 2x upsampling followed by a ``3**ndim`` convolution is, for each of the ``2**ndim``
+    output phases, a ``2**ndim``-tap convolution of ``low`` with summed ("folded") weights: 2.25x
+    (2D) or 3.4x (3D) fewer multiply-adds for the upsampled channels, and no upsampled copy in
+    memory. The skip channels are convolved at full resolution as usual. ``kernel`` is
+    ``[3]*ndim + [C_low + C_skip, C_out]``, the layout of a plain convolution over the concatenation.
+    """
+    ndim = low.ndim - 2
+    c_low = low.shape[-1]
+    out = _conv(skip, kernel[..., c_low:, :], "SAME")
+    phases = []
+    for phase in itertools.product((0, 1), repeat=ndim):
+        k = kernel[..., :c_low, :]
+        for axis, p in enumerate(phase):
+            k = _fold_taps(k, axis, p)
+        phases.append(_conv(low, k, [(1, 0) if p == 0 else (0, 1) for p in phase]))
+    b, *spatial, c = phases[0].shape
+    stacked = jnp.stack(phases, axis=-2).reshape(b, *spatial, *(2,) * ndim, c)
+    interleave = [0] + [a for i in range(ndim) for a in (1 + i, 1 + ndim + i)] + [1 + 2 * ndim]
+    return stacked.transpose(interleave).reshape(out.shape) + out
+
+
+class UpsampleConcatConv(nn.Module):
+    """Nearest 2x upsampling of ``low``, concatenation with ``skip`` and a ``3**ndim`` convolution with
+    bias, in the sub-pixel form of :func:`upsample_concat_conv`. Its parameters (``kernel``
+    ``[3]*ndim + [C_in, C_out]``, ``bias``) and their init are those of :func:`conv_layer` over the
+    concatenation, so parameter trees, counts and checkpoints are the same as the plain form's."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, low: jax.Array, skip: jax.Array) -> jax.Array:
+        ndim = low.ndim - 2
+        c_in = low.shape[-1] + skip.shape[-1]
+        kernel = self.param("kernel", torch_kernel_init, (KERNEL,) * ndim + (c_in, self.features))
+        bias = self.param("bias", torch_bias_init(c_in * KERNEL ** ndim), (self.features,))
+        return upsample_concat_conv(low, skip, kernel) + bias
+
+
 class UNet(nn.Module):
     """VoxelMorph U-Net: ``[B, *S, C_in] -> [B, *S, dec_features[-1]]`` (``ndim`` from the rank).
 
@@ -95,18 +159,28 @@ class UNet(nn.Module):
         check_spatial_shape(x.shape[1:-1], 2 ** n_levels)
         window = (2,) * ndim
 
-        def conv_act(h, features, name):
-            h = conv_layer(features, ndim, h.shape[-1], name=name)(h)
+        def conv_act(h, skip, features, name):
+            """conv + LeakyReLU of ``h``, or of ``concat(upsample(h), skip)`` when a skip is pending."""
+            if skip is None:
+                h = conv_layer(features, ndim, h.shape[-1], name=name)(h)
+            else:
+                h = UpsampleConcatConv(features, name=name)(h, skip)
             return nn.leaky_relu(h, LEAKY_SLOPE)
 
         skips = []
         for i, features in enumerate(self.enc_features):
-            x = conv_act(x, features, f"enc_{i}")
+            x = conv_act(x, None, features, f"enc_{i}")
             skips.append(x)
             x = nn.max_pool(x, window, strides=window, padding="VALID")
+        # Each decoder level ends with "upsample, concatenate the skip"; the next convolution
+        # consumes that pair directly (sub-pixel form), so the upsampled tensor is never built.
+        skip = None
         for i, features in enumerate(self.dec_features[:n_levels]):
-            x = conv_act(x, features, f"dec_{i}")
-            x = jnp.concatenate([upsample_nearest(x), skips.pop()], axis=-1)
+            x = conv_act(x, skip, features, f"dec_{i}")
+            skip = skips.pop()
         for i, features in enumerate(self.dec_features[n_levels:]):
-            x = conv_act(x, features, f"extra_{i}")
+            x = conv_act(x, skip, features, f"extra_{i}")
+            skip = None
+        if skip is not None:  # no full-resolution convolution follows: return the concatenation
+            x = jnp.concatenate([upsample_nearest(x), skip], axis=-1)
         return x
