@@ -2,8 +2,15 @@
 
 import os
 
+import tempfile  # noqa: E402
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One persistent XLA compilation cache for the session (tests build many identical programs); the
+# environment variable carries it into the main.py subprocesses too.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="hetreg_xla_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 
@@ -14,7 +21,7 @@ import pytest  # noqa: E402
 
 
 def make_tiny_config(**overrides):
-    """The default config shrunk to run in seconds: 32x32 phantoms, 4-pair batches, 6 steps."""
+    """The default config shrunk to run in seconds: 32x32 phantoms, 2-level U-Nets, 4-pair batches, 6 steps."""
     from configs import default
 
     config = default.get_config()
@@ -28,6 +35,11 @@ def make_tiny_config(**overrides):
     config.eval_every = 0
     config.eval.batch_size = 4
     config.eval.sparsification_steps = 10
+    # Two-level U-Nets: the pipeline tests exercise the loop, not the architecture (test_models.py
+    # checks the paper's networks); fewer levels compile several times faster.
+    for net in (config.motion, config.variance):
+        net.enc_features = (8, 16)
+        net.dec_features = (16, 16, 8)
     config.optim.motion_lr = 1e-3
     config.optim.variance_lr = 1e-3
     for key, value in overrides.items():

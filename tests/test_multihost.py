@@ -30,6 +30,9 @@ def get_config():
     c.eval_every = 0
     c.eval.batch_size = 4
     c.eval.sparsification_steps = 10
+    for net in (c.motion, c.variance):
+        net.enc_features = (8, 16)
+        net.dec_features = (16, 16, 8)
     return c
 '''
 
