@@ -21,27 +21,11 @@ import pytest  # noqa: E402
 
 
 def make_tiny_config(**overrides):
-    """The default config shrunk to run in seconds: 32x32 phantoms, 2-level U-Nets, 4-pair batches, 6 steps."""
-    from configs import default
+    """``tests/tiny_config.py`` (32x32 phantoms, 2-level U-Nets, 4-pair batches, 6 steps) with
+    dotted-key overrides, e.g. ``make_tiny_config(num_steps=3, **{"data.image_size": (16, 16, 16)})``."""
+    from tiny_config import get_config
 
-    config = default.get_config()
-    config.data.image_size = (32, 32)
-    config.data.synthetic_subjects = 5
-    config.data.slices_per_subject = 2
-    config.batch_size = 4
-    config.num_steps = 6
-    config.log_every = 2
-    config.checkpoint_every = 3
-    config.eval_every = 0
-    config.eval.batch_size = 4
-    config.eval.sparsification_steps = 10
-    # Two-level U-Nets: the pipeline tests exercise the loop, not the architecture (test_models.py
-    # checks the paper's networks); fewer levels compile several times faster.
-    for net in (config.motion, config.variance):
-        net.enc_features = (8, 16)
-        net.dec_features = (16, 16, 8)
-    config.optim.motion_lr = 1e-3
-    config.optim.variance_lr = 1e-3
+    config = get_config()
     for key, value in overrides.items():
         target = config
         *path, leaf = key.split(".")

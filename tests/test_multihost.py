@@ -14,27 +14,7 @@ from hetreg_jax.checkpointing import Checkpointer
 from conftest import make_tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = '''
-from configs import default
-
-
-def get_config():
-    c = default.get_config()
-    c.data.image_size = (32, 32)
-    c.data.synthetic_subjects = 5
-    c.data.slices_per_subject = 2
-    c.batch_size = 4
-    c.num_steps = 4
-    c.log_every = 2
-    c.checkpoint_every = 4
-    c.eval_every = 0
-    c.eval.batch_size = 4
-    c.eval.sparsification_steps = 10
-    for net in (c.motion, c.variance):
-        net.enc_features = (8, 16)
-        net.dec_features = (16, 16, 8)
-    return c
-'''
+TINY = os.path.join(ROOT, "tests", "tiny_config.py")
 
 
 def _free_port() -> int:
@@ -58,8 +38,7 @@ def _final_state(workdir):
 
 
 def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
-    config_path = tmp_path / "tiny.py"
-    config_path.write_text(TINY)
+    config_path = TINY
     multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
     port = _free_port()
     procs = [_main(config_path, multi, "--cpu_devices=2", f"--coordinator_address=127.0.0.1:{port}",
@@ -72,7 +51,7 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
     assert one.returncode == 0, out
 
     a, b = _final_state(multi), _final_state(single)
-    assert int(a.step) == int(b.step) == 4
+    assert int(a.step) == int(b.step) == make_tiny_config().num_steps
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     reports = []
