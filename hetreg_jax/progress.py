@@ -1,9 +1,10 @@
-"""Terminal progress of a training run: step, phase, losses, steps/s, pairs/s and ETA."""
+"""Terminal output of a run (process 0 only): progress with steps/s, pairs/s and ETA; the test table."""
 
 from __future__ import annotations
 
 import time
 
+import jax
 import numpy as np
 
 
@@ -30,3 +31,22 @@ def _fmt_seconds(s: float) -> str:
         return "?"
     s = int(s)
     return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def say(*parts) -> None:
+    """Terminal output of the run, from process 0 only (one copy in a multi-host run)."""
+    if jax.process_index() == 0:
+        print(*parts, flush=True)
+
+
+def print_summary(summary: dict) -> None:
+    """The test summary as a short table: registered vs undeformed mean ± std."""
+
+    def fmt(d, key):
+        s = d.get(key)
+        return f"{s['mean']:.2f} ± {s['std']:.2f}" if s and s["mean"] == s["mean"] else "n/a"
+    say(f"test pairs: {summary['n_evaluated']} evaluated, {summary['n_excluded']} excluded")
+    for key in ("dice", "hd", "asd", "folding_percent", "epe"):
+        if key in summary:
+            say(f"  {key:16s} registered {fmt(summary, key):>18s}   undeformed "
+                f"{fmt(summary['undeformed'], key):>18s}")

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from hetreg_jax import losses, methods, sharding, spatial
-from hetreg_jax.progress import Progress
+from hetreg_jax.progress import Progress, print_summary, say
 from hetreg_jax import train_state as ts
 from hetreg_jax.models import get_model
 
@@ -259,12 +259,6 @@ class Trainer:
         return out
 
 
-def say(*parts) -> None:
-    """Terminal output of the run, from process 0 only (one copy in a multi-host run)."""
-    if jax.process_index() == 0:
-        print(*parts, flush=True)
-
-
 def check_finite(step: int, phase: str, measures: dict,
                  kept: str = "the last good checkpoint is kept") -> None:
     """Stop the run on a non-finite loss or gradient, naming the step, the phase and the term."""
@@ -422,7 +416,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
         finally:
             ckpt.close()
         summary = evaluation.evaluate(trainer, state, splits["test"], config, os.path.join(workdir, "eval"))
-    _print_summary(summary)
+    print_summary(summary)
     return summary
 
 
@@ -496,16 +490,5 @@ def evaluate_checkpoint(config, workdir: str, mesh: jax.sharding.Mesh | None = N
         state = load_checkpoint(trainer, config, workdir, abstract)
         lock.claim()
         summary = evaluation.evaluate(trainer, state, splits["test"], config, os.path.join(workdir, "eval"))
-    _print_summary(summary)
+    print_summary(summary)
     return summary
-
-
-def _print_summary(summary: dict) -> None:
-    def fmt(d, key):
-        s = d.get(key)
-        return f"{s['mean']:.2f} ± {s['std']:.2f}" if s and s["mean"] == s["mean"] else "n/a"
-    say(f"test pairs: {summary['n_evaluated']} evaluated, {summary['n_excluded']} excluded")
-    for key in ("dice", "hd", "asd", "folding_percent", "epe"):
-        if key in summary:
-            say(f"  {key:16s} registered {fmt(summary, key):>18s}   undeformed "
-                f"{fmt(summary['undeformed'], key):>18s}")
