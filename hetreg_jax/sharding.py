@@ -6,6 +6,7 @@ so the same code runs on one CPU, one GPU, 4 fake CPU devices or a multi-host TP
 
 from __future__ import annotations
 
+import collections
 import os
 from typing import Any, Mapping, Sequence
 
@@ -14,6 +15,17 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+
+# How many dispatched steps may be unfinished at once (see :class:`InFlight`). XLA:CPU admits 32
+# computations per device; the bound keeps well below that, and 8 steps of look-ahead are plenty
+# to hide Python dispatch on any backend.
+MAX_IN_FLIGHT = 8
+
+# XLA:CPU aborts the process when a collective waits longer than this for its other participants
+# (its own default is 40 s): raised so that long, uneven steps (3D on a loaded CPU) are not killed.
+# A value the user sets in XLA_FLAGS wins.
+CPU_COLLECTIVE_TIMEOUTS = {"xla_cpu_collective_call_terminate_timeout_seconds": 1800,
+                           "xla_cpu_collective_call_warn_stuck_timeout_seconds": 120}
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
@@ -72,14 +84,52 @@ def cpu_device_count(batch_sizes: Sequence[int], cores: int | None = None) -> in
     return 1
 
 
+class InFlight:
+    """Bounds how far the host dispatches ahead of the devices.
+
+    JAX dispatches asynchronously, so a loop that does not read its results queues every step at
+    once. On XLA:CPU with several devices that deadlocks: each device admits 32 unfinished
+    computations, launches beyond that block the client's launch threads (one per core), and the
+    launch that an all-reduce is waiting for never runs; after 40 s XLA aborts the process
+    ("Termination timeout for all reduce ... only 1 of them arrived"). ``push(x)`` after each
+    dispatch waits for the step ``depth`` dispatches back, so at most ``depth`` are ever queued.
+    """
+
+    def __init__(self, depth: int = MAX_IN_FLIGHT):
+        if depth < 1:
+            raise ValueError(f"in-flight depth must be >= 1, got {depth}")
+        self.depth = depth
+        self._queue: collections.deque = collections.deque()
+
+    def push(self, outputs: Any) -> None:
+        """Record a dispatched step's outputs (any pytree of arrays); wait for the oldest if full."""
+        self._queue.append(outputs)
+        while len(self._queue) > self.depth:
+            jax.block_until_ready(self._queue.popleft())
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+
+def set_cpu_collective_timeouts(timeouts: Mapping[str, int] = CPU_COLLECTIVE_TIMEOUTS) -> str:
+    """Add XLA:CPU's collective time-outs to ``XLA_FLAGS`` (those the user has not set); before any
+    JAX computation. Returns the resulting ``XLA_FLAGS``."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    extra = [f"--{name}={value}" for name, value in timeouts.items() if f"--{name}=" not in flags]
+    os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
+    return os.environ["XLA_FLAGS"]
+
+
 def configure_cpu_devices(batch_sizes: Sequence[int], requested: int = 0) -> int:
-    """Before any JAX computation: expose the CPU as ``requested`` devices (0 = ``cpu_device_count``).
+    """Before any JAX computation: expose the CPU as ``requested`` devices (0 = ``cpu_device_count``)
+    and set the collective time-outs (:data:`CPU_COLLECTIVE_TIMEOUTS`).
 
     Many XLA:CPU kernels (convolutions included) run on one thread, so a data mesh with one CPU device
     per core keeps every core busy (on 2 cores: 21.9 vs 17.5 training pairs/s, see the README). It
     only affects the CPU backend; on a GPU or TPU host the mesh still spans the accelerators.
     """
     n = requested or cpu_device_count(batch_sizes)
+    set_cpu_collective_timeouts()
     jax.config.update("jax_num_cpu_devices", n)
     return n
 
