@@ -14,6 +14,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hetreg_jax import cli
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and reports.")
@@ -23,7 +25,8 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "inspect", "register"],
 flags.DEFINE_string("moving", None, "register: moving image (NIfTI).")
 flags.DEFINE_string("fixed", None, "register: fixed image (NIfTI); the outputs are on its grid.")
 flags.DEFINE_string("moving_label", None, "register: optional label map of the moving image.")
-flags.DEFINE_string("out", None, "register: output folder.")
+flags.DEFINE_string("out", None, "register: output folder; eval: report folder (default WORKDIR/eval, "
+                    "so a run on a read-only disk can be evaluated elsewhere).")
 flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices to split this host into (0 = one per core, "
                      "as many as divide the batch sizes); no effect on GPU/TPU hosts.")
 flags.DEFINE_bool("distributed", False, "Multi-process run: call jax.distributed.initialize (auto-detected "
@@ -36,16 +39,17 @@ flags.DEFINE_bool("allow_config_change", False,
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors a user can cause and fix: reported in one line (the traceback only with --verbosity=1).
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, KeyError, TypeError)
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, KeyError, TypeError, OSError)
 
 
 def run(argv):
     del argv
+    config = FLAGS.config
+    cli.check_inputs(config, FLAGS.mode, FLAGS.workdir, FLAGS.out, FLAGS.moving, FLAGS.fixed)
     import jax
 
     from hetreg_jax import sharding, train
 
-    config = FLAGS.config
     sharding.initialize([config.batch_size, config.eval.batch_size], FLAGS.cpu_devices, FLAGS.distributed,
                         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
@@ -54,40 +58,45 @@ def run(argv):
     if FLAGS.mode == "train":
         train.train_and_evaluate(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
     elif FLAGS.mode == "eval":
-        train.evaluate_checkpoint(config, FLAGS.workdir)
+        train.evaluate_checkpoint(config, FLAGS.workdir, out=FLAGS.out)
     elif FLAGS.mode == "inspect":
         from hetreg_jax.data import inspect
         inspect.run(config, FLAGS.workdir)
     else:
         from hetreg_jax import register
-        if not (FLAGS.moving and FLAGS.fixed and FLAGS.out):
-            raise ValueError("--mode=register needs --moving, --fixed and --out")
         register.register(config, FLAGS.workdir, FLAGS.moving, FLAGS.fixed, FLAGS.out, FLAGS.moving_label)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).replace("\\n", " ").split())
-    return text.strip("'\"").replace("\\'", "'").replace("\\\"", '"')
-
-
 def parse_flags(argv):
-    """absl flag parsing, with config errors (a mistyped key, a bad value) reported in one line."""
+    """absl flag parsing, with config errors (a missing file, a mistyped key, a bad value) in one line."""
+    missing = cli.config_file_error(argv[1:])
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        sys.exit(2)
     try:
         return FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as exc:
+        print(f"error: {cli.one_line(exc)}", file=sys.stderr)
         sys.exit(2)
 
 
 def main(argv):
+    from hetreg_jax.interrupt import EXIT_CODE, Interrupted
+
     if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
         logging.set_verbosity(logging.WARNING)  # progress is printed; library INFO logs only on request
     try:
         run(argv)
+    except Interrupted as exc:
+        print(str(exc), file=sys.stderr)
+        sys.exit(EXIT_CODE)
+    except KeyboardInterrupt:
+        print("stopped (Ctrl-C); rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        sys.exit(EXIT_CODE)
     except USER_ERRORS as exc:
         if FLAGS.verbosity >= 1:
             raise
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {cli.one_line(exc)}", file=sys.stderr)
         sys.exit(1)
 
 

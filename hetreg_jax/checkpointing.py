@@ -13,8 +13,13 @@ deletes such folders and orbax's temporary ones (call it only while holding the 
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
 import shutil
+import sys
+import time
 from typing import Any
 
 import jax
@@ -91,9 +96,22 @@ class Checkpointer:
         return removed
 
     def save(self, step: int, state: Any, meta: dict) -> None:
+        """Write a checkpoint of ``step``. On a full disk the half-written folder is removed (the
+        older checkpoints stay as they were) and :class:`NoSpace` is raised, in one line."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        self._manager.save(int(step), args=args, force=True)
-        self._manager.wait_until_finished()
+        with _stderr_held() as held:
+            try:
+                self._manager.save(int(step), args=args, force=True)
+                self._manager.wait_until_finished()
+            except Exception as exc:  # orbax and tensorstore wrap the OSError in their own types
+                if not _is_no_space(exc):
+                    raise
+                held.discard()  # hundreds of lines of tracebacks from orbax's abandoned writes
+                logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+                time.sleep(0.5)  # let those writes fail while their output is still held
+                self.remove_incomplete()
+                raise NoSpace(f"no space left on the device of {self.directory} while saving the "
+                              f"checkpoint of step {int(step)}") from None
 
     def _step_or_latest(self, step: int | None) -> int:
         step = self.latest_step() if step is None else step
@@ -138,6 +156,65 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+class NoSpace(OSError):
+    """The disk filled up while a checkpoint was written (one-line message)."""
+
+
+def _is_no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception it was raised from is a full disk (ENOSPC), however wrapped."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(exc) or "os_error_code='28'" in str(exc):  # tensorstore's
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class _HeldStderr:
+    """What was written to file descriptor 2 (Python, C++ and thread output alike) while held."""
+
+    def __init__(self, fd: int | None):
+        self.fd, self.discarded = fd, False
+
+    def discard(self) -> None:
+        self.discarded = True
+
+    def text(self) -> bytes:
+        if self.fd is None or self.discarded:
+            return b""
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(self.fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def _stderr_held():
+    """Hold everything written to stderr in memory (no disk: it may be the full one) while a
+    checkpoint is written; written out afterwards unless discarded (Linux; elsewhere a no-op)."""
+    if not hasattr(os, "memfd_create"):
+        yield _HeldStderr(None)
+        return
+    sys.stderr.flush()
+    saved, buffer = os.dup(2), os.memfd_create("hetreg_stderr")
+    os.dup2(buffer, 2)
+    held = _HeldStderr(buffer)
+    try:
+        yield held
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        text = held.text()
+        os.close(buffer)
+        if text:
+            os.write(2, text)
 
 
 def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:

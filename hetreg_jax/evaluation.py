@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from hetreg_jax import metrics, sharding
+from hetreg_jax.workdir import json_safe
 from hetreg_jax.data import pipeline
 
 MYOCARDIUM = 2
@@ -137,7 +138,7 @@ def write_reports(outdir: str, rows: list[dict], summary: dict, name: str = "tes
     os.makedirs(outdir, exist_ok=True)
     path = os.path.join(outdir, f"{name}_metrics.json")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(_json_safe(summary), f, indent=2)
+        json.dump(json_safe(summary), f, indent=2, allow_nan=False)
     os.replace(path + ".tmp", path)
     path = os.path.join(outdir, f"{name}_per_pair.csv")
     fields = list(rows[0]) if rows else ["pair_id"]
@@ -146,18 +147,6 @@ def write_reports(outdir: str, rows: list[dict], summary: dict, name: str = "tes
         writer.writeheader()
         writer.writerows(rows)
     os.replace(path + ".tmp", path)
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def evaluate(trainer, state, pairs: Mapping, config, outdir: str | None = None, name: str = "test") -> dict:

@@ -140,7 +140,7 @@ def restore(config, workdir: str):
     message = f"no checkpoint in {ckpt_dir}: train first (--mode=train) or pass the workdir of a trained run"
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(message)
-    ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
+    ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints, create=False)
     try:
         if ckpt.latest_step() is None:
             raise FileNotFoundError(message)
@@ -153,7 +153,9 @@ def restore(config, workdir: str):
 def register(config, workdir: str, moving: str, fixed: str, out: str, moving_label: str | None = None) -> dict:
     """Register ``moving`` to ``fixed`` and write the outputs (module docstring); returns their paths."""
     from hetreg_jax import evaluation
+    from hetreg_jax import workdir as workdir_lib
 
+    workdir_lib.check_writable(out, "--out")  # before the work, not after it
     mode = preprocessing(config)
     inputs = prepare(mode, moving, fixed, moving_label, config.data.image_size)
     trainer, state = restore(config, workdir)
@@ -168,7 +170,9 @@ def register(config, workdir: str, moving: str, fixed: str, out: str, moving_lab
 
 def write_outputs(out: str, fixed: nifti.Volume, full: dict, moving_on_grid: np.ndarray) -> dict:
     """Write the NIfTI files and ``overview.png`` on ``fixed``'s geometry."""
-    os.makedirs(out, exist_ok=True)
+    from hetreg_jax import workdir as workdir_lib
+
+    workdir_lib.ensure_directory(out, "--out")
     geometry = dict(affine=fixed.affine, header=fixed.header)
     paths = {"displacement": nifti.write_vector(os.path.join(out, "displacement.nii.gz"),
                                                 full["displacement"], name="displacement", **geometry)}

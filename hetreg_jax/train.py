@@ -20,6 +20,8 @@ import numpy as np
 import optax
 
 from hetreg_jax import losses, methods, sharding, spatial
+from hetreg_jax.config_check import validate_config
+from hetreg_jax.interrupt import Interrupted, StopRequest
 from hetreg_jax.progress import Progress, print_summary, say
 from hetreg_jax import train_state as ts
 from hetreg_jax.models import get_model
@@ -286,21 +288,6 @@ def params_finite(state: ts.TrainState) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def validate_config(config) -> None:
-    """Refuse settings that cannot run, naming the key."""
-    for key in ("num_steps", "batch_size", "steps_per_epoch", "log_every", "checkpoint_every",
-                "keep_checkpoints"):
-        if int(config[key]) <= 0:
-            raise ValueError(f"config.{key} must be positive, got {config[key]}")
-    if config.eval_every < 0:
-        raise ValueError(f"config.eval_every must be >= 0, got {config.eval_every}")
-    if int(config.eval.batch_size) <= 0:
-        raise ValueError(f"config.eval.batch_size must be positive, got {config.eval.batch_size}")
-    if len(config.data.image_size) not in (2, 3):
-        raise ValueError(f"config.data.image_size must have 2 or 3 entries, got {config.data.image_size}")
-    methods.get_method(config.method)
-
-
 def _checkpoint_meta(config, step: int) -> dict:
     return {"step": int(step), "model": config.model, "method": config.method,
             "image_size": list(config.data.image_size)}
@@ -426,8 +413,12 @@ def _train_steps(trainer: Trainer, state, start: int, splits: dict, config, work
     Measurements stay on the device between checks; at every logged, validated or checkpointed step
     all of them since the last check are fetched and checked in order, so the first non-finite step
     is named exactly. No checkpoint is written after a non-finite step or with non-finite parameters.
+    At most ``sharding.MAX_IN_FLIGHT`` steps are dispatched ahead of the devices. Ctrl-C saves a
+    checkpoint of the current step and raises :class:`Interrupted`; a full disk raises a one-line
+    ``OSError`` naming the last good checkpoint.
     """
     from hetreg_jax import evaluation
+    from hetreg_jax.checkpointing import NoSpace
     from hetreg_jax.data import pipeline
     from hetreg_jax.writers import MetricWriter
 
@@ -435,47 +426,59 @@ def _train_steps(trainer: Trainer, state, start: int, splits: dict, config, work
     writer = MetricWriter(workdir, start_step=start)
     progress = Progress(config.num_steps, start, config.batch_size)
     saved, pending = (start or None), []
+    in_flight = sharding.InFlight()
     try:
-        for step in range(start, config.num_steps):
-            batch = sharding.global_batch(
-                pipeline.training_batch(splits["train"], config.seed, step, config.batch_size, rows),
-                trainer.mesh)
-            phase = trainer.phase(step)
-            state, measures = trainer.train_step(phase)(state, batch)
-            done = step + 1
-            pending.append((done, phase, measures))
-            last = done == config.num_steps
-            log = done % config.log_every == 0 or last
-            save = done % config.checkpoint_every == 0 or last
-            validate = bool(config.eval_every) and done % config.eval_every == 0
-            if not (log or save or validate):
-                continue
-            kept = (f"the last good checkpoint (step {saved}) is kept in {ckpt.directory}" if saved
-                    else "no checkpoint was written")
-            measures, pending = check_pending(pending, kept), []
-            writer.write(done, measures)
-            if log:
-                say(progress.line(done, phase, measures))
-            if validate:
-                dice = evaluation.validation_dice(trainer, state, splits["val"], config)
-                writer.write(done, {"val_dice": dice})
-                say(f"step {done}: validation Dice {dice:.2f}%")
-            if save:
-                if not bool(params_finite(state)):
-                    raise FloatingPointError(
-                        f"non-finite parameters after step {done} (phase {phase}); {kept}")
-                ckpt.save(done, state, _checkpoint_meta(config, done))
-                saved = done
+        with StopRequest() as stop:
+            for step in range(start, config.num_steps):
+                batch = sharding.global_batch(
+                    pipeline.training_batch(splits["train"], config.seed, step, config.batch_size, rows),
+                    trainer.mesh)
+                phase = trainer.phase(step)
+                state, measures = trainer.train_step(phase)(state, batch)
+                in_flight.push(measures)
+                done = step + 1
+                pending.append((done, phase, measures))
+                last = done == config.num_steps
+                log = done % config.log_every == 0 or last or stop.requested
+                save = done % config.checkpoint_every == 0 or last or stop.requested
+                validate = bool(config.eval_every) and done % config.eval_every == 0 and not stop.requested
+                if not (log or save or validate):
+                    continue
+                kept = (f"the last good checkpoint (step {saved}) is kept in {ckpt.directory}" if saved
+                        else "no checkpoint was written")
+                measures, pending = check_pending(pending, kept), []
+                writer.write(done, measures)
+                if log:
+                    say(progress.line(done, phase, measures))
+                if validate:
+                    dice = evaluation.validation_dice(trainer, state, splits["val"], config)
+                    writer.write(done, {"val_dice": dice})
+                    say(f"step {done}: validation Dice {dice:.2f}%")
+                if save:
+                    if not bool(params_finite(state)):
+                        raise FloatingPointError(
+                            f"non-finite parameters after step {done} (phase {phase}); {kept}")
+                    try:
+                        ckpt.save(done, state, _checkpoint_meta(config, done))
+                    except NoSpace as exc:
+                        raise NoSpace(f"{exc}; {kept}; free some space and rerun the same command "
+                                      "to resume") from None
+                    saved = done
+                if stop.requested and not last:
+                    raise Interrupted(done, saved, ckpt.directory)
     finally:
         writer.close()
     return state
 
 
-def evaluate_checkpoint(config, workdir: str, mesh: jax.sharding.Mesh | None = None) -> dict:
+def evaluate_checkpoint(config, workdir: str, mesh: jax.sharding.Mesh | None = None,
+                        out: str | None = None) -> dict:
     """Evaluate the latest checkpoint of ``workdir`` on the test split (``--mode=eval``).
 
-    Refused, leaving the workdir as it was, when there is no complete checkpoint, when it belongs to
-    another model/method/size, or while another process holds the workdir.
+    The reports go to ``out`` (default ``workdir/eval``), so a run on a read-only disk can be
+    evaluated elsewhere. Refused, leaving the workdir as it was, while another process holds the
+    workdir ("in use", checked first), when there is no complete checkpoint, when the report folder
+    cannot be written, or when the checkpoint belongs to another model/method/size.
     """
     from hetreg_jax import evaluation
     from hetreg_jax import workdir as workdir_lib
@@ -483,12 +486,18 @@ def evaluate_checkpoint(config, workdir: str, mesh: jax.sharding.Mesh | None = N
 
     validate_config(config)
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not complete_steps(ckpt_dir):
-        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
-    splits, trainer, abstract = _prepare(config, mesh)
-    with workdir_lib.WorkdirLock(workdir, enabled=jax.process_index() == 0) as lock:
+    no_checkpoint = f"no checkpoint in {ckpt_dir}: train first (--mode=train)"
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(no_checkpoint)
+    lead = jax.process_index() == 0
+    with workdir_lib.WorkdirLock(workdir, enabled=lead, read_only=True):
+        if not complete_steps(ckpt_dir):
+            raise FileNotFoundError(no_checkpoint)
+        outdir = out or os.path.join(workdir, "eval")
+        if lead:
+            workdir_lib.check_writable(outdir, "--out" if out else "--workdir")
+        splits, trainer, abstract = _prepare(config, mesh)
         state = load_checkpoint(trainer, config, workdir, abstract)
-        lock.claim()
-        summary = evaluation.evaluate(trainer, state, splits["test"], config, os.path.join(workdir, "eval"))
+        summary = evaluation.evaluate(trainer, state, splits["test"], config, outdir)
     print_summary(summary)
     return summary

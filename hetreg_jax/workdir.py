@@ -26,9 +26,14 @@ import datetime
 import errno
 import fcntl
 import json
+import math
 import os
 import socket
+import tempfile
+import time
 from typing import Any, Mapping
+
+import numpy as np
 
 LOCK_NAME = ".lock"
 CONFIG_NAME = "config.json"
@@ -61,23 +66,37 @@ class ConfigMismatch(ValueError):
 class WorkdirLock:
     """Exclusive, non-blocking ``flock`` on ``workdir/.lock``; a context manager.
 
-    ``acquire`` creates the folder and an empty lock file if needed and never changes an existing
-    one; ``claim`` then records ``pid <pid> on <host> since <time>`` in it (call it once the run is
-    sure to go on). ``enabled=False`` (processes other than 0 of a multi-host run) does nothing.
+    ``acquire`` creates the folder and the lock file if needed, takes the lock and at once writes
+    ``pid <pid> on <host> since <time>`` into it, so a second process that finds the lock taken
+    names its holder. A run that is refused after that (e.g. a config mismatch) puts the previous
+    text back when it releases the lock; ``claim`` keeps the new one (call it once the run is sure
+    to go on). ``enabled=False`` (processes other than 0 of a multi-host run) does nothing.
+
+    ``read_only=True`` (evaluation) creates nothing: a missing workdir raises ``FileNotFoundError``,
+    and on a read-only file system without a lock file no lock is taken (no run can write there).
     """
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, read_only: bool = False):
         self.workdir = os.path.abspath(workdir)
         self.path = os.path.join(self.workdir, LOCK_NAME)
         self.enabled = enabled
+        self.read_only = read_only
         self._fd: int | None = None
         self._writable = False
+        self._previous: bytes | None = None  # the lock file's text before acquire (restored unless claimed)
 
     def acquire(self) -> "WorkdirLock":
         if not self.enabled or self._fd is not None:
             return self
-        ensure_directory(self.workdir)
-        fd, self._writable = self._open()
+        if self.read_only:
+            if not os.path.isdir(self.workdir):
+                raise FileNotFoundError(f"--workdir {self.workdir} does not exist")
+        else:
+            ensure_directory(self.workdir)
+        opened = self._open()
+        if opened is None:
+            return self
+        fd, self._writable = opened
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -88,40 +107,59 @@ class WorkdirLock:
             raise ValueError(f"cannot lock {self.path} ({exc.strerror}); the file system may not support "
                              "file locks: choose a --workdir on a local disk") from None
         self._fd = fd
+        if self._writable:
+            self._previous = os.pread(fd, 4096, 0)
+            self._write(f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n".encode())
         return self
 
-    def _open(self) -> tuple[int, bool]:
-        """The lock file, opened for writing if possible (a read-only one can still be locked)."""
+    def _open(self) -> tuple[int, bool] | None:
+        """The lock file, opened for writing if possible (a read-only one can still be locked);
+        None when it cannot exist (read-only mode on a read-only folder without one)."""
         try:
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), True
-        except PermissionError:
+        except OSError:
             pass
         try:
             return os.open(self.path, os.O_RDONLY), False
+        except FileNotFoundError:
+            if self.read_only:
+                return None
+            raise ValueError(f"cannot write to --workdir {self.workdir} (cannot create {LOCK_NAME})") from None
         except OSError as exc:
-            raise ValueError(f"cannot create the lock file {self.path} ({exc.strerror})") from None
+            raise ValueError(f"cannot open the lock file {self.path} ({exc.strerror})") from None
 
-    def holder(self) -> str:
-        """What the lock file says about its holder ('pid 123 on host since ...'), or 'pid unknown'."""
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                text = f.read().strip()
-        except OSError:
-            text = ""
-        return text or "pid unknown"
-
-    def claim(self) -> None:
-        """Write this process's PID, host and start time into the (held) lock file."""
-        if self._fd is None or not self._writable:
-            return
-        stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        data = f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode()
+    def _write(self, data: bytes) -> None:
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
         os.fsync(self._fd)
 
+    def holder(self, wait: float = 2.0) -> str:
+        """What the lock file says about its holder ('pid 123 on host since ...'), or 'pid unknown'.
+
+        A holder writes its line right after taking the lock; a text that is empty or names a
+        process that is gone is read again for up to ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    text = f.read().strip()
+            except OSError:
+                text = ""
+            if _names_live_process(text) or time.monotonic() >= deadline:
+                return text or "pid unknown"
+            time.sleep(0.01)
+
+    def claim(self) -> None:
+        """Keep this process's line in the lock file when the lock is released."""
+        self._previous = None
+
     def release(self) -> None:
         if self._fd is not None:
+            if self._writable and self._previous is not None:
+                try:
+                    self._write(self._previous)
+                except OSError:
+                    pass  # information only
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -137,12 +175,57 @@ class WorkdirLock:
         self.release()
 
 
-def ensure_directory(path: str) -> None:
-    """``os.makedirs(path, exist_ok=True)``, with a one-line ``ValueError`` if a file is in the way."""
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _names_live_process(text: str) -> bool:
+    """Whether ``text`` ('pid 123 on host since ...') names a live process (on another host: assumed)."""
+    parts = text.split()
+    if len(parts) < 4 or parts[0] != "pid" or not parts[1].isdigit():
+        return False
+    if parts[3] != socket.gethostname():
+        return True
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    return True
+
+
+def ensure_directory(path: str, flag: str = "--workdir") -> None:
+    """``os.makedirs(path, exist_ok=True)``, with a one-line ``ValueError`` if it cannot be made."""
     try:
         os.makedirs(path, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"--workdir {path} is not a folder") from None
+        raise ValueError(f"{flag} {path} is not a folder") from None
+    except OSError as exc:
+        raise ValueError(f"cannot write to {flag} {path} ({exc.strerror})") from None
+
+
+def check_writable(path: str, flag: str = "--workdir") -> None:
+    """Refuse, in one line and before any work, a folder that is a file or cannot be written to.
+
+    Creates nothing: for a folder that does not exist yet, its nearest existing parent is tried
+    (a temporary file made and removed at once, which also catches read-only file systems, where
+    permission bits say nothing to root)."""
+    path = os.path.abspath(os.path.expanduser(path))
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        where = path if probe == path else f"{path} (its parent {probe} is a file)"
+        raise ValueError(f"{flag} {where} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot write to {flag} {path} ({exc.strerror or exc})") from None
 
 
 # --------------------------------------------------------------------------------------- files
@@ -249,8 +332,7 @@ def record_config(config, workdir: str, changes: Mapping[str, tuple[Any, Any]], 
         return
     ensure_directory(workdir)
     if changes:
-        stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        record = {"time": stamp, "step": int(step),
+        record = {"time": _now(), "step": int(step),
                   "changes": {k: [a, b] for k, (a, b) in changes.items()},
                   "restricted": sorted(k for k in changes if not is_free_key(k))}
         with open(os.path.join(workdir, HISTORY_NAME), "a", encoding="utf-8") as f:
@@ -262,3 +344,16 @@ def record_config(config, workdir: str, changes: Mapping[str, tuple[Any, Any]], 
 
 def _show(value: Any) -> str:
     return value if value is _ABSENT else json.dumps(value)
+
+
+def json_safe(obj):
+    """``obj`` with NaN and infinities as None and numpy scalars as Python ones: strict JSON."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -17,6 +17,8 @@ import jax  # noqa: E402
 # Must run before any backend is initialised: every test sees 4 CPU devices.
 jax.config.update("jax_num_cpu_devices", 4)
 
+import shutil  # noqa: E402
+
 import pytest  # noqa: E402
 
 
@@ -38,3 +40,25 @@ def make_tiny_config(**overrides):
 @pytest.fixture
 def tiny_config():
     return make_tiny_config
+
+
+@pytest.fixture(scope="session")
+def cli(tmp_path_factory):
+    """``main.py`` subprocesses on the command-line tests' tiny config (see cli_support.py)."""
+    from cli_support import Cli
+
+    return Cli(str(tmp_path_factory.mktemp("cli")))
+
+
+@pytest.fixture(scope="session")
+def trained(cli):
+    """An uninterrupted run of the tiny config (seed 0); tests must not modify it (copy it instead)."""
+    workdir = os.path.join(cli.base, "uninterrupted")
+    proc = cli.run(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+@pytest.fixture
+def trained_copy(trained, tmp_path):
+    return shutil.copytree(trained, str(tmp_path / "copy"))

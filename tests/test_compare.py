@@ -51,3 +51,52 @@ def test_comma_separated_runs_are_paired_by_position_and_pooled(tmp_path):
     assert result["metrics"]["dice"]["t"] == pytest.approx(expected.statistic)
     with pytest.raises(ValueError, match="different numbers"):
         compare.compare(runs("a1", "a2"), runs("b1"), ["dice"])
+
+
+def _record_config(root, image_size, dataset="acdc"):
+    from conftest import make_tiny_config
+    from hetreg_jax import workdir
+
+    config = make_tiny_config(**{"data.image_size": image_size, "data.dataset": dataset})
+    workdir.record_config(config, root, {})
+
+
+def test_runs_of_other_grids_or_datasets_are_refused(tmp_path):
+    rows = [{"pair_id": "p0", "dice": 80.0, "hd": 2.0}, {"pair_id": "p1", "dice": 81.0, "hd": 3.0}]
+    for name, size, dataset in (("a", (64, 64), "acdc"), ("b", (128, 128), "acdc"), ("c", (64, 64), "camus"),
+                                ("d", (64, 64), "acdc")):
+        _write_run(str(tmp_path / name), rows)
+        _record_config(str(tmp_path / name), size, dataset)
+    with pytest.raises(ValueError, match=r"has data.image_size=\[64, 64\] but .*/b has data.image_size=\[128, 128\]"):
+        compare.compare(str(tmp_path / "a"), str(tmp_path / "b"), ["dice"])
+    with pytest.raises(ValueError, match="data.dataset='acdc' but .*/c has data.dataset='camus'"):
+        compare.compare(str(tmp_path / "a"), str(tmp_path / "c"), ["dice"])
+    assert compare.compare(str(tmp_path / "a"), str(tmp_path / "d"), ["dice"])["n_common"] == 2
+
+
+def test_no_common_pair_fails_and_the_json_line_is_strict(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    _write_run(str(tmp_path / "a"), [{"pair_id": "p0", "dice": 80.0, "hd": 2.0}])
+    _write_run(str(tmp_path / "b"), [{"pair_id": "q0", "dice": 80.0, "hd": 2.0}])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "hetreg_jax.compare", str(tmp_path / "a"), str(tmp_path / "b")]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: no test pair is in both {tmp_path}/a (1 pairs) and {tmp_path}/b (1 pairs): "
+        "were they evaluated on the same data?"]
+    # Two identical pairs: the t statistic and p are NaN, written as null.
+    _write_run(str(tmp_path / "c"), [{"pair_id": "p0", "dice": 80.0, "hd": 2.0},
+                                       {"pair_id": "p1", "dice": 81.0, "hd": 2.0}])
+    _write_run(str(tmp_path / "d"), [{"pair_id": "p0", "dice": 80.0, "hd": 2.0},
+                                       {"pair_id": "p1", "dice": 81.0, "hd": 2.0}])
+    proc = subprocess.run(cmd[:-2] + [str(tmp_path / "c"), str(tmp_path / "d")], cwd=root, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert "NaN" not in last
+    result = json.loads(last)
+    assert result["metrics"]["dice"]["p"] is None and result["metrics"]["dice"]["mean_diff"] == 0.0

@@ -1,15 +1,13 @@
-"""Reliability (issue 6): crash-safe resume, workdir lock and config record, one-line refusals that
+"""Reliability: crash-safe resume, workdir lock and config record, one-line refusals that
 leave the workdir as it was, non-finite stops, determinism.
 
 Command-line cases run ``main.py`` in subprocesses (one CPU device) that share a persistent XLA
 compilation cache, so only the first training run compiles; the others take a few seconds each.
 """
 
-import hashlib
 import json
 import os
 import re
-import runpy
 import shutil
 import signal
 import subprocess
@@ -21,119 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cli_support import CHECKPOINT_EVERY, NUM_STEPS, ROOT, error_line, host_state, read_bytes, snapshot
 from conftest import make_tiny_config
 from hetreg_jax import losses, train
 from hetreg_jax import workdir as workdir_lib
 from hetreg_jax.checkpointing import Checkpointer, complete_steps
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_STEPS, CHECKPOINT_EVERY = 40, 4
-TINY_CONFIG = f'''"""32x32 phantoms, batches of 4, {NUM_STEPS} steps, a checkpoint every {CHECKPOINT_EVERY}."""
-from configs import default
-
-
-def get_config():
-    c = default.get_config()
-    c.data.image_size = (32, 32)
-    c.data.synthetic_subjects = 5
-    c.data.slices_per_subject = 2
-    c.batch_size = 4
-    c.num_steps = {NUM_STEPS}
-    c.log_every = 4
-    c.checkpoint_every = {CHECKPOINT_EVERY}
-    c.eval_every = 0
-    c.eval.batch_size = 4
-    c.eval.sparsification_steps = 10
-    c.optim.motion_lr = 1e-3
-    c.optim.variance_lr = 1e-3
-    return c
-'''
-# absl / orbax log lines ("I1124 00:44:02.829983 1399... file.py:701] ..."), not part of the error report.
-LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
-
-
-class Cli:
-    """``python main.py --config=<tiny config> --workdir=...`` in a subprocess."""
-
-    def __init__(self, base):
-        self.base = base
-        self.config = os.path.join(base, "tiny.py")
-        with open(self.config, "w") as f:
-            f.write(TINY_CONFIG)
-        self.env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-                        JAX_COMPILATION_CACHE_DIR=os.path.join(base, "xla_cache"),
-                        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
-        self.env.pop("XLA_FLAGS", None)
-
-    def args(self, workdir, *extra):
-        workdir_flag = [] if workdir is None else [f"--workdir={workdir}"]
-        return [sys.executable, "main.py", f"--config={self.config}", *workdir_flag, *extra]
-
-    def popen(self, workdir, *extra, **kwargs):
-        return subprocess.Popen(self.args(workdir, *extra), cwd=ROOT, env=self.env, text=True, **kwargs)
-
-    def run(self, workdir, *extra):
-        return subprocess.run(self.args(workdir, *extra), cwd=ROOT, env=self.env, text=True,
-                              capture_output=True, timeout=600)
-
-    def load_config(self):
-        return runpy.run_path(self.config)["get_config"]()
-
-
-def snapshot(path):
-    """Every file (name and SHA-256 of its bytes) and folder under ``path``; None if it is absent."""
-    if not os.path.exists(path):
-        return None
-    out = {}
-    for root, dirs, files in os.walk(path):
-        for d in dirs:
-            out[os.path.relpath(os.path.join(root, d), path)] = "<dir>"
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                out[os.path.relpath(os.path.join(root, name), path)] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
-
-def error_line(proc) -> str:
-    """The single line the CLI printed on stderr (log lines aside); fails unless there is exactly one."""
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and not LOG_LINE.match(line)]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    return lines[0]
-
-
-def host_state(workdir, config):
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-    try:
-        state, meta = ckpt.restore(train.Trainer(config).abstract_state())
-    finally:
-        ckpt.close()
-    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state), meta
-
-
-def read_bytes(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    return Cli(str(tmp_path_factory.mktemp("cli")))
-
-
-@pytest.fixture(scope="module")
-def trained(cli):
-    """An uninterrupted run of the tiny config (seed 0); tests must not modify it (copy it instead)."""
-    workdir = os.path.join(cli.base, "uninterrupted")
-    proc = cli.run(workdir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir
-
-
-@pytest.fixture
-def trained_copy(trained, tmp_path):
-    return shutil.copytree(trained, str(tmp_path / "copy"))
 
 
 # ----------------------------------------------------------------------------------- crash & resume
@@ -195,10 +85,11 @@ def test_same_seed_same_metrics_other_seed_differs(cli, trained):
 
 # ----------------------------------------------------------------------------------- refusals
 FRESH = "fresh"  # a workdir that does not exist: it must still not exist afterwards
+A_FILE = "a file"  # a --workdir that is a regular file
 REFUSALS = {
     "unknown config key": (FRESH, ["--config.nmu_steps=3"], 2, ["nmu_steps", 'Did you mean "num_steps"']),
-    "zero steps": (FRESH, ["--config.num_steps=0"], 1, ["config.num_steps must be positive, got 0"]),
-    "negative steps": (FRESH, ["--config.num_steps=-5"], 1, ["config.num_steps must be positive, got -5"]),
+    "zero steps": (FRESH, ["--config.num_steps=0"], 1, ["config.num_steps=0 is not allowed: a whole number >= 1"]),
+    "negative steps": (FRESH, ["--config.num_steps=-5"], 1, ["config.num_steps=-5 is not allowed"]),
     "eval without checkpoint": (FRESH, ["--mode=eval"], 1, ["no checkpoint in", "train first"]),
     "size voxelmorph cannot take": (FRESH, ["--config.data.image_size=(40,40)"], 1,
                                     ["(40, 40)", "divisible by 16"]),
@@ -216,13 +107,27 @@ REFUSALS = {
                                         "--allow_config_change"]),
     "num_steps below the checkpoint": ("trained", ["--config.num_steps=8"], 1,
                                        ["at step 40, past config.num_steps=8"]),
+    "unknown label rule": (FRESH, ["--config.eval.label_rule=foo"], 1,
+                           ["config.eval.label_rule='foo' is not allowed: one of 'threshold', 'reference'"]),
+    "unknown snr form": ("trained", ["--config.loss.snr_form=foo"], 1,
+                         ["config.loss.snr_form='foo' is not allowed: one of 'paper', 'reference'"]),
+    "negative learning rate": (FRESH, ["--config.optim.motion_lr=-1"], 1,
+                               ["config.optim.motion_lr=-1.0 is not allowed: a finite number > 0"]),
+    "beta above 1": (FRESH, ["--config.loss.beta=2"], 1, ["config.loss.beta=2.0 is not allowed"]),
+    "workdir is a file (train)": (A_FILE, [], 1, ["is not a folder"]),
+    "workdir is a file (inspect)": (A_FILE, ["--mode=inspect"], 1, ["is not a folder"]),
+    "workdir is a file (register)": (A_FILE, ["--mode=register", "--moving=m.nii.gz", "--fixed=f.nii.gz",
+                                              "--out=o"], 1, ["is not a folder"]),
 }
 
 
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_bad_input_is_refused_in_one_line_leaving_the_workdir_as_it_was(cli, trained, tmp_path, case):
     target, extra, code, expected = REFUSALS[case]
-    workdir = str(tmp_path / "fresh") if target == FRESH else trained
+    workdir = {FRESH: str(tmp_path / "fresh"), A_FILE: str(tmp_path / "file")}.get(target, trained)
+    if target == A_FILE:
+        with open(workdir, "w") as f:
+            f.write("not a folder")
     before = snapshot(workdir)
     proc = cli.run(workdir, *extra)
     assert proc.returncode == code
@@ -233,6 +138,14 @@ def test_bad_input_is_refused_in_one_line_leaving_the_workdir_as_it_was(cli, tra
     assert snapshot(workdir) == before
 
 
+def test_missing_config_file_is_refused_in_one_line(cli, tmp_path):
+    proc = subprocess.run([sys.executable, "main.py", "--config=configs/nonexist.py", f"--workdir={tmp_path}/w"],
+                          cwd=ROOT, env=cli.env, text=True, capture_output=True, timeout=120)
+    assert proc.returncode == 2
+    assert error_line(proc) == "error: --config=configs/nonexist.py: no such file"
+    assert not os.path.exists(tmp_path / "w")
+
+
 def test_missing_workdir_flag_is_refused_in_one_line(cli):
     proc = cli.run(None)
     assert proc.returncode == 2
@@ -241,7 +154,7 @@ def test_missing_workdir_flag_is_refused_in_one_line(cli):
 
 def test_traceback_only_with_verbosity(cli, tmp_path):
     proc = cli.run(str(tmp_path / "w"), "--config.num_steps=0", "--verbosity=1")
-    assert proc.returncode != 0 and "Traceback" in proc.stderr and "num_steps must be positive" in proc.stderr
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "config.num_steps=0 is not allowed" in proc.stderr
 
 
 def test_second_process_on_a_locked_workdir_is_refused(cli, trained_copy):

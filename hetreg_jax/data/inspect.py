@@ -111,15 +111,19 @@ def montage(splits: dict, path: str, count: int = MONTAGE_PAIRS) -> bool:
 
 
 def run(config, workdir: str) -> dict:
-    """Load ``config.data`` leniently, write the summary and the montage, print the table."""
-    splits, info = pipeline.load_dataset(config, strict=False)
-    summary = summarize(splits, info, config.data.image_size)
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "data_summary.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(path + ".tmp", path)
-    print(table(summary))
-    image = os.path.join(workdir, "inspect.png")
-    print(f"wrote {path}" + (f" and {image}" if montage(splits, image) else " (no pair to show)"))
+    """Load ``config.data`` leniently, write the summary and the montage, print the table.
+
+    Holds the workdir lock while it works: a workdir that a run is using is refused ("in use")."""
+    from hetreg_jax import workdir as workdir_lib
+
+    workdir_lib.check_writable(workdir)
+    with workdir_lib.WorkdirLock(workdir) as lock:
+        splits, info = pipeline.load_dataset(config, strict=False)
+        summary = summarize(splits, info, config.data.image_size)
+        lock.claim()
+        path = os.path.join(workdir, "data_summary.json")
+        workdir_lib.atomic_write_text(path, json.dumps(summary, indent=2))
+        print(table(summary))
+        image = os.path.join(workdir, "inspect.png")
+        print(f"wrote {path}" + (f" and {image}" if montage(splits, image) else " (no pair to show)"))
     return summary

@@ -1,0 +1,135 @@
+"""Every config value checked in one place, before anything is computed or written.
+
+:func:`validate_config` refuses a setting that cannot run or has no meaning with a one-line
+``ValueError`` naming the key, the value and what is allowed, e.g.
+``config.loss.beta=2.0 is not allowed: a number in [0, 1] (0 = plain NLL, 1 = MSE-like gradients)``.
+``main.py`` calls it before the devices are set up or the workdir is touched; the library entry
+points (training, evaluation, register) call it again, so a config built in Python is held to the
+same rules. A mistyped key is refused earlier, when the command line is parsed (locked config).
+
+Ranges with a reason:
+- ``loss.gamma`` in [0, 1]: the exponent of the relative SNR. 0 gives a constant weight (plain
+  MSE), 1 the full SNR; the paper's Table 4 spans [0, 1]. A negative gamma would invert the weight
+  (trust the noisiest voxels most), a gamma above 1 sharpens it past the full SNR.
+- ``loss.beta`` in [0, 1]: beta-NLL interpolates between the NLL (0) and MSE-like gradients (1).
+- ``loss.smooth_weight``, ``loss.reg_scale`` >= 0: a negative weight rewards rough fields.
+- learning rates > 0 and finite.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+MODELS = ("voxelmorph", "transmorph")
+MOTION_SCHEDULES = ("auto", "constant", "poly")
+LABEL_RULES = ("threshold", "reference")
+POSITIVE_INTS = ("num_steps", "steps_per_epoch", "batch_size", "log_every", "checkpoint_every",
+                 "keep_checkpoints", "eval.batch_size", "data.slices_per_subject")
+NON_NEGATIVE_INTS = ("seed", "eval_every", "warm_start_epochs", "motion.int_steps", "eval.val_pairs")
+BOOLS = ("warm_start", "motion.bidirectional", "loss.use_mask")
+
+
+def _get(config, key: str) -> Any:
+    value = config
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def _refuse(key: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"config.{key}={value!r} is not allowed: {allowed}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(config, key: str, low: int) -> None:
+    value = _get(config, key)
+    if not _is_int(value) or value < low:
+        raise _refuse(key, value, "a whole number >= 1" if low == 1 else f"a whole number >= {low}")
+
+
+def _check_number(config, key: str, low: float, high: float = math.inf, low_open: bool = False,
+                  note: str = "") -> None:
+    value = _get(config, key)
+    ok = _is_number(value) and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bounds = (f"> {low:g}" if low_open else f">= {low:g}") if high == math.inf else \
+            f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+        raise _refuse(key, value, f"a finite number {bounds}" + (f" ({note})" if note else ""))
+
+
+def _check_choice(config, key: str, choices: Iterable[str]) -> None:
+    value = _get(config, key)
+    choices = tuple(choices)
+    if value not in choices:
+        raise _refuse(key, value, "one of " + ", ".join(repr(c) for c in choices))
+
+
+def _check_widths(config, key: str, allow_zero_sentinel: bool = False) -> None:
+    value = _get(config, key)
+    items = tuple(value) if isinstance(value, (tuple, list)) else None
+    if allow_zero_sentinel and items == (0,):
+        return
+    if not items or not all(_is_int(v) and v >= 1 for v in items):
+        raise _refuse(key, value, "a non-empty tuple of whole numbers >= 1")
+
+
+def validate_config(config) -> None:
+    """Raise a one-line ``ValueError`` for the first key whose value cannot run (see the module doc)."""
+    from hetreg_jax import losses, methods
+    from hetreg_jax.data import synthetic
+
+    for key in POSITIVE_INTS:
+        _check_int(config, key, 1)
+    for key in NON_NEGATIVE_INTS:
+        _check_int(config, key, 0)
+    for key in BOOLS:
+        if not isinstance(_get(config, key), bool):
+            raise _refuse(key, _get(config, key), "True or False")
+    _check_choice(config, "model", MODELS)
+    _check_choice(config, "method", methods.METHODS)
+    _check_choice(config, "optim.motion_schedule", MOTION_SCHEDULES)
+    _check_choice(config, "loss.snr_form", losses.SNR_FORMS)
+    _check_choice(config, "eval.label_rule", LABEL_RULES)
+    _check_choice(config, "data.dataset", synthetic.KINDS)
+
+    _check_number(config, "optim.motion_lr", 0.0, low_open=True)
+    _check_number(config, "optim.variance_lr", 0.0, low_open=True)
+    _check_number(config, "loss.gamma", 0.0, 1.0, note="0 = a constant weight, i.e. plain MSE; 1 = the full SNR")
+    _check_number(config, "loss.beta", 0.0, 1.0, note="0 = NLL; 1 = MSE-like gradients")
+    _check_number(config, "loss.smooth_weight", 0.0)
+    _check_number(config, "loss.reg_scale", 0.0)
+    _check_int(config, "loss.mi_bins", 2)
+    window = config.loss.ncc_window
+    if not _is_int(window) or window < 1 or window % 2 == 0:
+        raise _refuse("loss.ncc_window", window, "an odd whole number >= 1")
+
+    _check_int(config, "motion.int_downsize", 1)
+    for key in ("motion.enc_features", "motion.dec_features", "variance.enc_features",
+                "variance.dec_features", "transmorph.depths", "transmorph.num_heads"):
+        _check_widths(config, key)
+    _check_widths(config, "transmorph.window_size", allow_zero_sentinel=True)
+    _check_int(config, "transmorph.embed_dim", 1)
+    if len(config.transmorph.depths) != len(config.transmorph.num_heads):
+        raise _refuse("transmorph.num_heads", config.transmorph.num_heads,
+                      f"one entry per stage of transmorph.depths ({len(config.transmorph.depths)})")
+    rate = config.transmorph.drop_path_rate
+    if not _is_number(rate) or not 0.0 <= rate < 1.0:
+        raise _refuse("transmorph.drop_path_rate", rate, "a finite number in [0, 1)")
+
+    size = config.data.image_size
+    if not isinstance(size, (tuple, list)) or len(size) not in (2, 3) or \
+            not all(_is_int(n) and n >= 1 for n in size):
+        raise _refuse("data.image_size", size, "2 or 3 whole numbers >= 1, e.g. (128, 128) or (64, 64, 64)")
+    _check_int(config, "data.synthetic_subjects", 3)
+    root = config.data.root
+    if root is not None and (not isinstance(root, str) or not root.strip()):
+        raise _refuse("data.root", root, "a folder path, or None for the built-in phantoms")
+    _check_int(config, "eval.sparsification_steps", 2)

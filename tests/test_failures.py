@@ -1,0 +1,330 @@
+"""Failure cases on the default path: the XLA:CPU dispatch deadlock, every config value checked
+before anything is written, read-only and full disks, Ctrl-C, the workdir lock's holder.
+
+The command-line cases run ``main.py`` (or the benchmark) in subprocesses on the tiny config.
+Read-only and full disks are real: small tmpfs mounts (the tests that need them are skipped where
+this process may not mount).
+"""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cli_support import ROOT, error_line, snapshot
+from conftest import make_tiny_config
+from hetreg_jax import config_check, sharding, train
+from hetreg_jax import workdir as workdir_lib
+from hetreg_jax.checkpointing import _is_no_space, complete_steps
+
+
+# ----------------------------------------------------------------------------------- the deadlock
+def test_in_flight_keeps_at_most_depth_steps_queued():
+    queue = sharding.InFlight(depth=3)
+    step = jax.jit(lambda x: x + 1.0)
+    x = jnp.zeros(())
+    for i in range(10):
+        x = step(x)
+        queue.push(x)
+        assert len(queue) == min(i + 1, 3)
+    assert float(x) == 10.0
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        sharding.InFlight(depth=0)
+
+
+def test_collective_timeouts_are_added_unless_the_user_set_them(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_collective_call_terminate_timeout_seconds=7 --xla_dump_to=/tmp/d")
+    flags = sharding.set_cpu_collective_timeouts().split()
+    assert flags == ["--xla_cpu_collective_call_terminate_timeout_seconds=7", "--xla_dump_to=/tmp/d",
+                     "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120"]
+    monkeypatch.delenv("XLA_FLAGS")
+    assert sharding.set_cpu_collective_timeouts().split() == [
+        "--xla_cpu_collective_call_terminate_timeout_seconds=1800",
+        "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120"]
+
+
+def test_training_loop_never_queues_more_than_the_bound(tmp_path, monkeypatch):
+    depths = []
+
+    class Recording(sharding.InFlight):
+        def push(self, outputs):
+            super().push(outputs)
+            depths.append(len(self))
+
+    monkeypatch.setattr(sharding, "InFlight", Recording)
+    config = make_tiny_config(num_steps=20, log_every=20, checkpoint_every=20)
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert len(depths) == 20 and max(depths) == sharding.MAX_IN_FLIGHT < 32
+
+
+def test_many_steps_without_a_sync_on_two_cpu_devices_complete(tmp_path):
+    """The reproduction: 300 training steps and 200 inference batches dispatched with no read in
+    between, on 2 XLA CPU devices. Unbounded, this aborted in 3 of 3 runs (SIGABRT, "Termination
+    timeout for all reduce ... only 1 of them arrived"); the abort comes after 10 s here."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+               XLA_FLAGS="--xla_cpu_collective_call_terminate_timeout_seconds=10")
+    proc = subprocess.run([sys.executable, "-m", "hetreg_jax.bench", "--config=tests/tiny_config.py",
+                           "--steps=300", "--infer_batches=200", "--cpu_devices=2"],
+                          cwd=ROOT, env=env, text=True, capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '"devices": "2x cpu"' in proc.stdout and '"final_loss_finite": true' in proc.stdout
+
+
+# ----------------------------------------------------------------------------------- config values
+BAD_VALUES = {
+    "eval.label_rule": ("foo", "one of 'threshold', 'reference'"),
+    "loss.snr_form": ("foo", "one of 'paper', 'reference'"),
+    "method": ("oura", "one of 'ours', 'mse'"),
+    "model": ("unet", "one of 'voxelmorph', 'transmorph'"),
+    "optim.motion_schedule": ("cosine", "one of 'auto', 'constant', 'poly'"),
+    "data.dataset": ("brain", "one of 'acdc', 'camus', 'echo3d'"),
+    "optim.motion_lr": (-1.0, "a finite number > 0"),
+    "optim.variance_lr": (0.0, "a finite number > 0"),
+    "loss.gamma": (-1.0, "a finite number in [0, 1]"),
+    "loss.beta": (2.0, "a finite number in [0, 1]"),
+    "loss.smooth_weight": (-1.0, "a finite number >= 0"),
+    "loss.reg_scale": (float("nan"), "a finite number >= 0"),
+    "loss.ncc_window": (8, "an odd whole number >= 1"),
+    "loss.mi_bins": (1, "a whole number >= 2"),
+    "motion.int_steps": (-1, "a whole number >= 0"),
+    "motion.int_downsize": (0, "a whole number >= 1"),
+    "motion.enc_features": ((16, 0), "a non-empty tuple of whole numbers >= 1"),
+    "transmorph.num_heads": ((4, 4, 8), "one entry per stage of transmorph.depths (4)"),
+    "transmorph.drop_path_rate": (1.0, "a finite number in [0, 1)"),
+    "data.image_size": ((64,), "2 or 3 whole numbers >= 1"),
+    "data.synthetic_subjects": (2, "a whole number >= 3"),
+    "eval.val_pairs": (-1, "a whole number >= 0"),
+    "eval.sparsification_steps": (1, "a whole number >= 2"),
+    "batch_size": (0, "a whole number >= 1"),
+    "seed": (-3, "a whole number >= 0"),
+}
+
+
+@pytest.mark.parametrize("key", list(BAD_VALUES))
+def test_every_value_without_a_meaning_is_refused_naming_key_value_and_range(key):
+    value, allowed = BAD_VALUES[key]
+    config = make_tiny_config(**{key: value})
+    with pytest.raises(ValueError) as info:
+        config_check.validate_config(config)
+    message = str(info.value)
+    assert message.startswith(f"config.{key}={value!r} is not allowed: ") and allowed in message, message
+    assert "\n" not in message
+
+
+def test_the_shipped_configs_and_edge_values_pass():
+    import runpy
+
+    for name in ("default", "quick", "acdc", "camus", "echo3d"):
+        config_check.validate_config(runpy.run_path(os.path.join(ROOT, "configs", f"{name}.py"))["get_config"]())
+    edges = {"loss.gamma": 0.0, "loss.beta": 1.0, "loss.smooth_weight": 0.0, "motion.int_steps": 0,
+             "eval_every": 0, "transmorph.window_size": (0,), "data.image_size": (32, 32, 32)}
+    config_check.validate_config(make_tiny_config(**edges))
+
+
+# ----------------------------------------------------------------------------------- folders
+def test_check_writable_refuses_files_in_the_way_and_creates_nothing(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match=f"--workdir {a_file} is not a folder"):
+        workdir_lib.check_writable(str(a_file))
+    with pytest.raises(ValueError, match=f"--out {a_file}/run .its parent {a_file} is a file"):
+        workdir_lib.check_writable(str(a_file / "run"), "--out")
+    workdir_lib.check_writable(str(tmp_path / "new" / "deeper"))
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+@contextlib.contextmanager
+def tmpfs(path, size_kib):
+    """A real, small file system at ``path`` (skips the test where mounting is not allowed)."""
+    os.makedirs(path, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()})")
+    try:
+        yield str(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def size_kib(path):
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, files in os.walk(path)
+               for name in files) // 1024
+
+
+def remount(path, mode):
+    subprocess.run(["mount", "-o", f"remount,{mode}", path], check=True)
+
+
+def test_read_only_disk_is_refused_before_any_work_and_eval_can_report_elsewhere(cli, trained, tmp_path):
+    with tmpfs(tmp_path / "disk", 2 * size_kib(trained) + 2048) as disk:
+        run = os.path.join(disk, "run")
+        subprocess.run(["cp", "-a", trained, run], check=True)
+        remount(disk, "ro")
+        before = snapshot(run)
+        cases = {
+            "train": ([], f"cannot write to --workdir {run} (Read-only file system)"),
+            "eval": (["--mode=eval"], f"cannot write to --workdir {run}/eval (Read-only file system); "
+                                      "write the report elsewhere with --out=DIR"),
+            "inspect": (["--mode=inspect"], f"cannot write to --workdir {run} (Read-only file system)"),
+            "register": (["--mode=register", "--moving=m.nii.gz", "--fixed=f.nii.gz", f"--out={disk}/out"],
+                         f"cannot write to --out {disk}/out (Read-only file system)"),
+        }
+        for mode, (extra, expected) in cases.items():
+            proc = cli.run(run, *extra)
+            assert proc.returncode == 1, (mode, proc.stderr[-2000:])
+            assert error_line(proc) == f"error: {expected}", mode
+        report = str(tmp_path / "report")
+        proc = cli.run(run, "--mode=eval", f"--out={report}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert sorted(os.listdir(report)) == ["test_metrics.json", "test_per_pair.csv"]
+        with open(os.path.join(report, "test_metrics.json")) as f, \
+                open(os.path.join(trained, "eval", "test_metrics.json")) as g:
+            assert f.read() == g.read()
+        assert snapshot(run) == before
+
+
+def test_full_disk_keeps_the_last_checkpoint_and_a_rerun_resumes(cli, trained, tmp_path):
+    with tmpfs(tmp_path / "disk", 2 * size_kib(trained) + 2048) as disk:
+        run = os.path.join(disk, "run")
+        subprocess.run(["cp", "-a", trained, run], check=True)
+        free_kib = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize // 1024
+        with open(os.path.join(disk, "filler"), "wb") as f:
+            f.write(b"\0" * (free_kib - 24) * 1024)
+        checkpoints = snapshot(os.path.join(run, "checkpoints"))
+        last = complete_steps(os.path.join(run, "checkpoints"))[-1]
+        more = ["--config.num_steps=48"]
+        proc = cli.run(run, *more)
+        assert proc.returncode == 1
+        assert error_line(proc) == (
+            f"error: no space left on the device of {run}/checkpoints while saving the checkpoint of step "
+            f"{last + 4}; the last good checkpoint (step {last}) is kept in {run}/checkpoints; free some "
+            "space and rerun the same command to resume")
+        assert snapshot(os.path.join(run, "checkpoints")) == checkpoints
+        os.remove(os.path.join(disk, "filler"))
+        proc = cli.run(run, *more)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"resuming from step {last}" in proc.stdout
+        assert complete_steps(os.path.join(run, "checkpoints"))[-1] == 48
+
+
+# ----------------------------------------------------------------------------------- Ctrl-C
+def _start_and_wait_for(cli, workdir, text, *extra):
+    proc = cli.popen(workdir, *extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        if text in line:
+            return proc
+        assert time.time() < deadline
+    raise AssertionError(f"the run ended before printing {text!r}: {proc.stderr.read()[-2000:]}")
+
+
+def test_ctrl_c_saves_the_current_step_then_a_rerun_resumes(cli, tmp_path):
+    workdir = str(tmp_path / "run")
+    more = ["--config.num_steps=400", "--config.log_every=10", "--config.checkpoint_every=1000"]
+    proc = _start_and_wait_for(cli, workdir, "step 10/400", *more)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    (step,) = complete_steps(os.path.join(workdir, "checkpoints"))
+    assert 10 <= step < 400
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1] == (f"stopped at step {step} (checkpoint of step {step} in {workdir}/checkpoints); "
+                         "rerun the same command to resume")
+    assert "Traceback" not in err
+    again = cli.run(workdir, *more)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming from step {step}" in again.stdout
+
+
+def test_the_first_ctrl_c_only_asks_and_the_second_stops_at_once():
+    from hetreg_jax.interrupt import StopRequest
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequest() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # Python runs the handler at the next instruction
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+# ----------------------------------------------------------------------------------- lock
+def test_the_lock_names_its_holder_from_the_first_instant_and_refusals_restore_it(tmp_path):
+    workdir = str(tmp_path / "w")
+    os.makedirs(workdir)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process that has ended: the text of a holder that died
+    stale = f"pid {gone.pid} on {socket.gethostname()} since yesterday\n"
+    with open(os.path.join(workdir, ".lock"), "w") as f:
+        f.write(stale)
+    holder = subprocess.Popen(  # takes the lock as soon as it is free, then waits
+        [sys.executable, "-c", "import sys, time\nfrom hetreg_jax.workdir import WorkdirLock, WorkdirLocked\n"
+         "while True:\n    try:\n"
+         f"        lock = WorkdirLock({workdir!r}).acquire()\n        break\n"
+         "    except WorkdirLocked:\n        time.sleep(0.001)\n"
+         "sys.stdin.read()\nlock.release()"],
+        cwd=ROOT, stdin=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while True:  # from the first moment the lock is seen taken, its holder is named
+            try:
+                workdir_lib.WorkdirLock(workdir).acquire().release()
+            except workdir_lib.WorkdirLocked as exc:
+                assert f"(pid {holder.pid} on {socket.gethostname()} since " in str(exc), str(exc)
+                break
+            assert time.time() < deadline and holder.poll() is None
+    finally:
+        holder.communicate("", timeout=60)
+    with open(os.path.join(workdir, ".lock")) as f:  # not claimed: the previous text is back
+        assert f.read() == stale
+    with workdir_lib.WorkdirLock(workdir) as lock:
+        lock.claim()
+    with open(os.path.join(workdir, ".lock")) as f:
+        assert f.read().startswith(f"pid {os.getpid()} on ")
+
+
+def test_eval_and_inspect_respect_a_held_lock_before_any_checkpoint(tmp_path):
+    from hetreg_jax.data import inspect
+
+    workdir = str(tmp_path / "starting")
+    config = make_tiny_config()
+    with workdir_lib.WorkdirLock(workdir):  # a training run that has not checkpointed yet
+        before = snapshot(workdir)
+        with pytest.raises(workdir_lib.WorkdirLocked, match="is in use by another process"):
+            train.evaluate_checkpoint(config, workdir)
+        with pytest.raises(workdir_lib.WorkdirLocked, match="is in use by another process"):
+            inspect.run(config, workdir)
+        assert snapshot(workdir) == before
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        train.evaluate_checkpoint(config, workdir)
+
+
+def test_a_full_disk_is_recognised_however_orbax_wraps_it():
+    import errno
+
+    def chained(inner):
+        try:
+            try:
+                raise inner
+            except Exception as exc:
+                raise RuntimeError("orbax: save failed") from exc
+        except RuntimeError as outer:
+            return outer
+
+    assert _is_no_space(chained(OSError(errno.ENOSPC, "No space left on device")))
+    assert _is_no_space(ValueError("RESOURCE_EXHAUSTED: Failed writing: ... [os_error_code='28']"))
+    assert not _is_no_space(ValueError("RESOURCE_EXHAUSTED: out of memory"))
+    assert not _is_no_space(chained(OSError(errno.EACCES, "Permission denied")))
+    assert not _is_no_space(np.linalg.LinAlgError("singular"))
