@@ -8,7 +8,7 @@ dependency and nothing in hetreg_jax imports it. Install it in a separate enviro
         [--size 128] [--threads 2]
 
 It runs, in eager PyTorch (NCHW, float32, CPU), the same iteration that
-``hetreg_jax.train.Trainer.train_step("alternating")`` compiles (default config, method "ours",
+``hetreg_jax.steps.Trainer.train_step("alternating")`` compiles (default config, method "ours",
 diffeomorphic VoxelMorph, METHOD.md):
 
 1. motion step: VoxelMorph forward -> warp -> variance U-Net on ``(warped.detach(), fixed)`` under
@@ -57,7 +57,7 @@ LEAKY_SLOPE = 0.2
 INT_STEPS = 7
 INT_DOWNSIZE = 2
 FLOW_INIT_STDDEV = 1e-5
-LOG_VAR_RANGE = (-15.0, 15.0)      # hetreg_jax.train.LOG_VAR_RANGE
+LOG_VAR_RANGE = (-15.0, 15.0)      # hetreg_jax.steps.LOG_VAR_RANGE
 LOG_VAR_FLOOR = 80.0               # hetreg_jax.losses._LOG_VAR_FLOOR
 GAMMA, BETA, SMOOTH_WEIGHT, LR = 0.5, 0.5, 0.01, 1e-4
 MOTION_PARAMS, VARIANCE_PARAMS = 109_170, 109_025   # 2D, the hetreg_jax counts

@@ -19,7 +19,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from hetreg_jax import sharding, spatial, train
+from hetreg_jax import sharding, spatial
+from hetreg_jax.steps import Trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -45,7 +46,7 @@ def _peak_memory_mb() -> tuple[float, str]:
 
 
 def benchmark(config, steps: int, infer_batches: int) -> dict:
-    trainer = train.Trainer(config)
+    trainer = Trainer(config)
     rng = np.random.default_rng(0)
     batch = _random_batch(config, trainer.mesh, rng)
     state = trainer.init_state()

@@ -132,7 +132,7 @@ def warp_labels(label: np.ndarray, displacement: np.ndarray, slicewise: bool) ->
 
 def restore(config, workdir: str):
     """``(trainer, state)`` from the latest checkpoint of ``workdir`` (FileNotFoundError if none)."""
-    from hetreg_jax import train
+    from hetreg_jax import steps, train
     from hetreg_jax.checkpointing import Checkpointer
 
     train.validate_config(config)
@@ -144,7 +144,7 @@ def restore(config, workdir: str):
     try:
         if ckpt.latest_step() is None:
             raise FileNotFoundError(message)
-        trainer = train.Trainer(config)
+        trainer = steps.Trainer(config)
         return trainer, train.restore_or_init(trainer, ckpt, config)
     finally:
         ckpt.close()

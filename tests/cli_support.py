@@ -12,7 +12,7 @@ import sys
 import jax
 import numpy as np
 
-from hetreg_jax import train
+from hetreg_jax import steps
 from hetreg_jax.checkpointing import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,7 +95,7 @@ def error_line(proc) -> str:
 def host_state(workdir, config):
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
-        state, meta = ckpt.restore(train.Trainer(config).abstract_state())
+        state, meta = ckpt.restore(steps.Trainer(config).abstract_state())
     finally:
         ckpt.close()
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state), meta

@@ -259,7 +259,7 @@ def test_nifti_reader_squeezes_trailing_singletons_and_writer_keeps_geometry(tmp
 # ------------------------------------------------------------------------------------------ CLI
 def test_layout_cli_and_main_inspect(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-m", "hetreg_jax.data.synthetic", "--layout=camus",
+    out = subprocess.run([sys.executable, "-m", "hetreg_jax.data.layouts", "--layout=camus",
                           f"--out={tmp_path / 'camus'}", "--subjects=3", "--size=40,34"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 
-from hetreg_jax import train
+from hetreg_jax import steps
 from hetreg_jax.checkpointing import Checkpointer
 from conftest import make_tiny_config
 
@@ -30,7 +30,7 @@ def _main(config_path, workdir, *flags):
 
 
 def _final_state(workdir):
-    trainer = train.Trainer(make_tiny_config())
+    trainer = steps.Trainer(make_tiny_config())
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     state, _ = ckpt.restore(trainer.abstract_state())
     ckpt.close()

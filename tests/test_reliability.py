@@ -21,7 +21,7 @@ import pytest
 
 from cli_support import CHECKPOINT_EVERY, NUM_STEPS, ROOT, error_line, host_state, read_bytes, snapshot
 from conftest import make_tiny_config
-from hetreg_jax import losses, train
+from hetreg_jax import losses, steps, train
 from hetreg_jax import workdir as workdir_lib
 from hetreg_jax.checkpointing import Checkpointer, complete_steps
 
@@ -281,10 +281,10 @@ def test_trim_metrics_drops_replayed_steps_and_half_lines(tmp_path):
 
 
 def test_log_variance_is_clipped_to_a_safe_range():
-    lo, hi = train.LOG_VAR_RANGE
+    lo, hi = steps.LOG_VAR_RANGE
     assert (lo, hi) == (-15.0, 15.0)
     config = make_tiny_config()
-    trainer = train.Trainer(config)
+    trainer = steps.Trainer(config)
     x = jnp.linspace(0.0, 1.0, 4 * 32 * 32, dtype=jnp.float32).reshape(4, 32, 32, 1)
     params = jax.device_get(jax.jit(trainer.variance_model.init)(jax.random.key(0), x, x)["params"])
     log_var_fn = jax.jit(trainer._log_var)

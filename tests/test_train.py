@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hetreg_jax import sharding, train
+from hetreg_jax import sharding, steps, train
 from hetreg_jax.data import pipeline
 from conftest import make_tiny_config
 
@@ -36,7 +36,7 @@ def _max_tree_diff(a, b):
 @pytest.fixture(scope="module")
 def trainer_and_batch():
     config = make_tiny_config()
-    trainer = train.Trainer(config)
+    trainer = steps.Trainer(config)
     return config, trainer, _batch(trainer, config)
 
 
@@ -66,7 +66,7 @@ def test_no_gradient_flows_through_the_weight_map(trainer_and_batch):
     # ...while the weight itself does depend on the variance net (it is not a constant by accident).
     moving, fixed = batch["moving"], batch["fixed"]
     lv = trainer._log_var(state.variance_params, moving, fixed)
-    w = train.losses.snr_weight(fixed, lv, 0.5, mask=trainer._mask(moving, fixed))
+    w = steps.losses.snr_weight(fixed, lv, 0.5, mask=trainer._mask(moving, fixed))
     assert float(jnp.std(w)) > 0
 
 
@@ -75,7 +75,7 @@ def test_step_on_four_devices_matches_one_device(tiny_config):
     config = tiny_config()
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
-        trainer = train.Trainer(config, sharding.make_mesh(devices))
+        trainer = steps.Trainer(config, sharding.make_mesh(devices))
         state = trainer.init_state()
         batch = _batch(trainer, config)
         assert batch["moving"].sharding.num_devices == len(devices)
@@ -96,20 +96,20 @@ def test_batch_order_depends_only_on_seed_and_step():
 
 def test_warm_start_phases_and_mse_method(tiny_config):
     config = tiny_config(warm_start=True, warm_start_epochs=2, steps_per_epoch=3)
-    trainer = train.Trainer(config)
+    trainer = steps.Trainer(config)
     phases = [trainer.phase(s) for s in range(14)]
     assert phases == ["motion_warmup"] * 6 + ["variance"] * 6 + ["alternating"] * 2
-    mse = train.Trainer(tiny_config(method="mse"))
+    mse = steps.Trainer(tiny_config(method="mse"))
     assert mse.phase(0) == "motion" and mse.variance_model is None
 
 
 def test_poly_schedule_decays_by_epoch(tiny_config):
     config = tiny_config(num_steps=400, steps_per_epoch=100)
     config.optim.motion_schedule = "poly"
-    schedule = train.motion_schedule(config)
+    schedule = steps.motion_schedule(config)
     lr = config.optim.motion_lr
     np.testing.assert_allclose(float(schedule(0)), lr)
-    assert train.motion_schedule(tiny_config()) == lr  # "auto" = constant for VoxelMorph
+    assert steps.motion_schedule(tiny_config()) == lr  # "auto" = constant for VoxelMorph
     np.testing.assert_allclose(float(schedule(99)), lr)
     np.testing.assert_allclose(float(schedule(250)), lr * (1 - 2 / 4) ** 0.9, rtol=1e-6)
 
@@ -143,7 +143,7 @@ def test_train_and_evaluate_then_resume_matches_uninterrupted(tmp_path, tiny_con
     # Interrupted after step 3 (a checkpoint), then resumed: identical final parameters.
     train.train_and_evaluate(tiny_config(num_steps=3), split_dir)
     resumed = train.train_and_evaluate(config, split_dir)
-    trainer = train.Trainer(config)
+    trainer = steps.Trainer(config)
     from hetreg_jax.checkpointing import Checkpointer
     states = []
     for d in (full_dir, split_dir):
@@ -161,8 +161,8 @@ def test_transmorph_alternating_step_and_deterministic_eval(tiny_config):
     config.transmorph.num_heads = (1, 1, 2, 2)
     config.transmorph.depths = (1, 1, 1, 1)
     config.transmorph.window_size = (2, 2)
-    assert train.motion_schedule(config)(0) == config.optim.motion_lr  # "auto" = poly for TransMorph
-    trainer = train.Trainer(config)
+    assert steps.motion_schedule(config)(0) == config.optim.motion_lr  # "auto" = poly for TransMorph
+    trainer = steps.Trainer(config)
     state = trainer.init_state()
     batch = _batch(trainer, config)
     before = _host(state)
@@ -173,7 +173,7 @@ def test_transmorph_alternating_step_and_deterministic_eval(tiny_config):
     first = np.asarray(trainer.predict(state, batch)["displacement"])
     np.testing.assert_array_equal(first, np.asarray(trainer.predict(state, batch)["displacement"]))
     with pytest.raises(ValueError, match="image_size"):
-        train.motion_model_kwargs(tiny_config(model="transmorph", **{"data.image_size": (48, 48)}))
+        steps.motion_model_kwargs(tiny_config(model="transmorph", **{"data.image_size": (48, 48)}))
 
 
 def test_cpu_device_count_is_one_per_core_dividing_every_batch():
@@ -187,7 +187,7 @@ def test_cpu_device_count_is_one_per_core_dividing_every_batch():
 @pytest.mark.parametrize("method", ["nll", "beta_nll"])
 def test_joint_baselines_update_both_networks_with_gradient_through_the_variance_input(tiny_config, method):
     config = tiny_config(method=method)
-    trainer = train.Trainer(config)
+    trainer = steps.Trainer(config)
     assert trainer.phase(0) == "joint" and trainer.method.joint
     state = trainer.init_state()
     batch = _batch(trainer, config)

@@ -1,8 +1,8 @@
 """Write synthetic phantoms in the published on-disk layouts of ACDC, CAMUS and paired volumes.
 
-    python -m hetreg_jax.data.synthetic --layout=acdc --out=DIR --subjects=N [--testing=M]
-    python -m hetreg_jax.data.synthetic --layout=camus --out=DIR --subjects=N [--split_files]
-    python -m hetreg_jax.data.synthetic --layout=pairs --out=DIR --subjects=N [--split_column]
+    python -m hetreg_jax.data.layouts --layout=acdc --out=DIR --subjects=N [--testing=M]
+    python -m hetreg_jax.data.layouts --layout=camus --out=DIR --subjects=N [--split_files]
+    python -m hetreg_jax.data.layouts --layout=pairs --out=DIR --subjects=N [--split_column]
 
 The files are what the loaders expect from the real datasets (METHOD.md, Data), so the tests read
 exactly those layouts and users can see the expected structure:
@@ -174,7 +174,7 @@ def write_pairs(out: str, subjects: int, size=DEFAULT_SIZE["pairs"], seed: int =
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m hetreg_jax.data.synthetic",
+        prog="python -m hetreg_jax.data.layouts",
         description="Write synthetic phantoms in the on-disk layout of ACDC, CAMUS or paired volumes.")
     parser.add_argument("--layout", required=True, choices=("acdc", "camus", "pairs"))
     parser.add_argument("--out", required=True, help="folder to write (the dataset root)")
@@ -194,3 +194,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         names = write_pairs(args.out, args.subjects, size, args.seed, args.split_column)
     print(f"wrote {len(names)} {args.layout} subjects ({'x'.join(map(str, size))}) to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

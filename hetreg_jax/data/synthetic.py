@@ -521,7 +521,3 @@ def make_dataset(kind: str, image_size, n_subjects: int, seed: int, split=(0.6, 
         out[name] = stacked
     return out
 
-
-if __name__ == "__main__":  # python -m hetreg_jax.data.synthetic --layout=acdc|camus|pairs --out=DIR
-    from hetreg_jax.data import layouts
-    layouts.main()

@@ -1,0 +1,259 @@
+"""The method: models, optimisers and the pure, jit-compiled steps (one place to read the algorithm).
+
+One iteration of "ours" (METHOD.md, Training):
+1. ``motion_step``: forward the displacement estimator, warp, query the (frozen) variance estimator
+   on ``(stop_gradient(warped), fixed)`` for a constant SNR weight map, update theta with Adam;
+2. ``variance_step``: a fresh forward with the updated theta (no gradient to theta), then update phi
+   with beta-NLL.
+The joint NLL / beta-NLL baselines update both networks from one loss; the single-network baselines
+(mse, ncc, mi) run the motion step alone (``methods.py`` says which). Each step returns a new state
+and a dict of scalar measurements; the state is donated. The run around the steps (data, loop,
+checkpoints, logging) is in ``train.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from hetreg_jax import losses, methods, sharding, spatial
+from hetreg_jax import train_state as ts
+from hetreg_jax.models import get_model
+
+# Predicted log-variance is clipped to this range (sigma from 5.5e-4 to 1.8e3 for images in [0, 1])
+# so that exp(-log_var) in the SNR and the beta-NLL can never overflow float32.
+LOG_VAR_RANGE = (-15.0, 15.0)
+
+PHASES = ("motion", "motion_warmup", "variance", "alternating", "joint")
+
+
+def motion_model_kwargs(config) -> dict:
+    """Constructor arguments of the displacement estimator named by ``config.model``."""
+    if config.model == "voxelmorph":
+        m = config.motion
+        return dict(enc_features=tuple(m.enc_features), dec_features=tuple(m.dec_features),
+                    int_steps=m.int_steps, int_downsize=m.int_downsize, bidirectional=m.bidirectional)
+    if config.model == "transmorph":
+        from hetreg_jax.models.transmorph import transmorph_config, validate_input
+        size = tuple(config.data.image_size)
+        kwargs = transmorph_config(len(size), size)
+        t = config.transmorph
+        kwargs.update(embed_dim=t.embed_dim, depths=tuple(t.depths), num_heads=tuple(t.num_heads),
+                      drop_path_rate=t.drop_path_rate)
+        if tuple(t.window_size) != (0,):
+            kwargs["window_size"] = tuple(t.window_size)
+        validate_input(size, kwargs)
+        return kwargs
+    raise ValueError(f"config.model={config.model!r}; known: 'voxelmorph', 'transmorph'")
+
+
+def motion_schedule(config) -> optax.Schedule | float:
+    """Constant motion lr, or the TransMorph polynomial decay lr * (1 - epoch/epochs)^0.9."""
+    lr = config.optim.motion_lr
+    kind = config.optim.motion_schedule
+    if kind == "auto":
+        kind = "poly" if config.model == "transmorph" else "constant"
+    if kind == "constant":
+        return lr
+    if kind == "poly":
+        epochs = max(1, config.num_steps // config.steps_per_epoch)
+
+        def schedule(count):
+            epoch = jnp.minimum(count // config.steps_per_epoch, epochs)
+            return lr * (1.0 - epoch / epochs) ** 0.9
+        return schedule
+    raise ValueError(f"config.optim.motion_schedule={config.optim.motion_schedule!r}; "
+                     "known: 'auto', 'constant', 'poly'")
+
+
+class Trainer:
+    """Models, optimisers and the jitted steps for one config on one mesh."""
+
+    def __init__(self, config, mesh: jax.sharding.Mesh | None = None):
+        self.config = config
+        self.method = methods.get_method(config.method)
+        self.image_size = tuple(config.data.image_size)
+        self.ndim = len(self.image_size)
+        self.mesh = mesh if mesh is not None else sharding.make_mesh()
+        self.motion_model = get_model(config.model, **motion_model_kwargs(config))
+        self.variance_model = None
+        if self.method.uses_variance:
+            v = config.variance
+            self.variance_model = get_model("variance_unet", enc_features=tuple(v.enc_features),
+                                            dec_features=tuple(v.dec_features))
+        self.motion_tx = optax.adam(motion_schedule(config))
+        self.variance_tx = optax.adam(config.optim.variance_lr)
+        self.bidirectional = config.model == "voxelmorph" and config.motion.bidirectional
+        repl = sharding.replicated(self.mesh)
+        jit_step = functools.partial(jax.jit, donate_argnums=0, out_shardings=(repl, repl))
+        self.motion_step = jit_step(functools.partial(self._motion_step, weighted=self.method.uses_variance))
+        self.variance_step = jit_step(self._variance_step)
+        self._iterations = {
+            "motion": jit_step(self._iteration("motion")),
+            "motion_warmup": jit_step(self._iteration("motion_warmup")),
+            "variance": jit_step(self._iteration("variance")),
+            "alternating": jit_step(self._iteration("alternating")),
+            "joint": jit_step(self._iteration("joint")),
+        }
+        # Replicated outputs: every process of a multi-host run can read the whole batch's predictions.
+        self.predict = jax.jit(self._predict, out_shardings=repl)
+
+    # ----------------------------------------------------------------------------- set-up
+    def init_state(self, seed: int | None = None) -> ts.TrainState:
+        """Fresh parameters and optimiser states, replicated over the mesh."""
+        seed = self.config.seed if seed is None else seed
+        k_motion, k_var = jax.random.split(jax.random.key(seed))
+        dummy = jnp.zeros((1, *self.image_size, 1), jnp.float32)
+        motion_params = self.motion_model.init(k_motion, dummy, dummy)["params"]
+        variance_params = {}
+        if self.variance_model is not None:
+            variance_params = self.variance_model.init(k_var, dummy, dummy)["params"]
+        state = ts.create(motion_params, variance_params, self.motion_tx, self.variance_tx)
+        return sharding.replicate(state, self.mesh)
+
+    def abstract_state(self) -> Any:
+        """Shapes, dtypes and shardings of the state, without allocating it."""
+        shapes = jax.eval_shape(self.init_state)
+        repl = sharding.replicated(self.mesh)
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
+
+    def phase(self, step: int) -> str:
+        """Which update runs at ``step`` (0-based): see PHASES."""
+        if not self.method.uses_variance:
+            return "motion"
+        if self.method.joint:
+            return "joint"
+        if self.config.warm_start:
+            warm = self.config.warm_start_epochs * self.config.steps_per_epoch
+            if step < warm:
+                return "motion_warmup"
+            if step < 2 * warm:
+                return "variance"
+        return "alternating"
+
+    def train_step(self, phase: str) -> Callable:
+        """The jitted ``(state, batch) -> (state, measurements)`` of one iteration in ``phase``."""
+        return self._iterations[phase]
+
+    # ----------------------------------------------------------------------------- forward
+    def _motion_apply(self, params, moving, fixed, rng=None):
+        kwargs = {}
+        if self.config.model == "transmorph":
+            kwargs = dict(train=rng is not None, rngs={"dropout": rng} if rng is not None else None)
+        out = self.motion_model.apply({"params": params}, moving, fixed, **kwargs)
+        if not isinstance(out, dict):
+            out = {"displacement": out, "velocity": out}
+        return out
+
+    def _log_var(self, params, warped, fixed):
+        log_var = self.variance_model.apply({"params": params}, warped, fixed)
+        return jnp.clip(log_var, *LOG_VAR_RANGE)
+
+    def _mask(self, moving, fixed):
+        return losses.foreground_mask(moving, fixed) if self.config.loss.use_mask else None
+
+    def _direction_loss(self, variance_params, source, target, displacement, weighted):
+        """Similarity of ``warp(source, displacement)`` to ``target`` (one direction)."""
+        warped = spatial.warp(source, displacement)
+        mask = self._mask(source, target)
+        weight = log_var = None
+        if self.method.joint:  # the naive joint baselines: gradients reach theta through log_var too
+            log_var = self._log_var(variance_params, warped, target)
+        elif weighted:
+            log_var = self._log_var(variance_params, jax.lax.stop_gradient(warped), target)
+            cfg = self.config.loss
+            weight = losses.snr_weight(target, log_var, cfg.gamma, form=cfg.snr_form, mask=mask)
+        return methods.similarity(self.method, self.config.loss, target, warped, weight, mask, log_var)
+
+    def _motion_loss(self, motion_params, variance_params, batch, rng, weighted):
+        moving, fixed = batch["moving"], batch["fixed"]
+        out = self._motion_apply(motion_params, moving, fixed, rng)
+        sim = self._direction_loss(variance_params, moving, fixed, out["displacement"], weighted)
+        if self.bidirectional:
+            back = self._direction_loss(variance_params, fixed, moving, out["inverse_displacement"], weighted)
+            sim = 0.5 * (sim + back)
+        reg = losses.smoothness(out["velocity"])
+        cfg = self.config.loss
+        total = sim + cfg.smooth_weight * cfg.reg_scale * reg
+        return total, {"motion_loss": total, "similarity": sim, "smoothness": reg}
+
+    # ----------------------------------------------------------------------------- steps
+    def _dropout_rng(self, step):
+        return jax.random.fold_in(jax.random.key(self.config.seed), step)
+
+    def _motion_step(self, state: ts.TrainState, batch, weighted: bool = True):
+        """Update theta only; phi is read (for the weight map) but never changed."""
+        rng = self._dropout_rng(state.step) if self.config.model == "transmorph" else None
+        grad_fn = jax.value_and_grad(self._motion_loss, has_aux=True)
+        (_, measures), grads = grad_fn(state.motion_params, state.variance_params, batch, rng, weighted)
+        updates, opt_state = self.motion_tx.update(grads, state.motion_opt_state, state.motion_params)
+        params = optax.apply_updates(state.motion_params, updates)
+        measures["motion_grad_norm"] = optax.tree.norm(grads)
+        return state.replace(motion_params=params, motion_opt_state=opt_state), measures
+
+    def _variance_step(self, state: ts.TrainState, batch):
+        """Fresh forward with the current theta (no gradient to it), then update phi with beta-NLL."""
+        moving, fixed = batch["moving"], batch["fixed"]
+        out = self._motion_apply(state.motion_params, moving, fixed)
+        warped = jax.lax.stop_gradient(spatial.warp(moving, out["displacement"]))
+        mask = self._mask(moving, fixed)
+        beta = self.config.loss.beta
+
+        def loss_fn(params):
+            return losses.beta_nll(fixed, warped, self._log_var(params, warped, fixed), beta=beta, mask=mask)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.variance_params)
+        updates, opt_state = self.variance_tx.update(grads, state.variance_opt_state, state.variance_params)
+        params = optax.apply_updates(state.variance_params, updates)
+        measures = {"variance_loss": loss, "variance_grad_norm": optax.tree.norm(grads)}
+        return state.replace(variance_params=params, variance_opt_state=opt_state), measures
+
+    def _joint_step(self, state: ts.TrainState, batch):
+        """NLL / beta-NLL baselines: one loss, differentiated w.r.t. both parameter trees."""
+        rng = self._dropout_rng(state.step) if self.config.model == "transmorph" else None
+        grad_fn = jax.value_and_grad(self._motion_loss, argnums=(0, 1), has_aux=True)
+        (_, measures), (g_motion, g_var) = grad_fn(state.motion_params, state.variance_params, batch, rng, False)
+        m_updates, m_opt = self.motion_tx.update(g_motion, state.motion_opt_state, state.motion_params)
+        v_updates, v_opt = self.variance_tx.update(g_var, state.variance_opt_state, state.variance_params)
+        measures["motion_grad_norm"] = optax.tree.norm(g_motion)
+        measures["variance_grad_norm"] = optax.tree.norm(g_var)
+        return state.replace(motion_params=optax.apply_updates(state.motion_params, m_updates),
+                             variance_params=optax.apply_updates(state.variance_params, v_updates),
+                             motion_opt_state=m_opt, variance_opt_state=v_opt), measures
+
+    def _iteration(self, phase: str) -> Callable:
+        def iterate(state, batch):
+            measures = {}
+            if phase == "joint":
+                state, m = self._joint_step(state, batch)
+                measures.update(m)
+            if phase in ("motion", "motion_warmup", "alternating"):
+                state, m = self._motion_step(state, batch, weighted=phase == "alternating")
+                measures.update(m)
+            if phase in ("variance", "alternating"):
+                state, m = self._variance_step(state, batch)
+                measures.update(m)
+            finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in measures.values()]))
+            measures["all_finite"] = finite.astype(jnp.float32)
+            return state.replace(step=state.step + 1), measures
+        return iterate
+
+    def _predict(self, state: ts.TrainState, batch):
+        """Inference on a batch: displacement, warped image and label, and log-variance if any."""
+        moving, fixed = batch["moving"], batch["fixed"]
+        disp = self._motion_apply(state.motion_params, moving, fixed)["displacement"]
+        warped = spatial.warp(moving, disp)
+        out = {"displacement": disp, "warped": warped}
+        if "moving_myo" in batch:
+            out["warped_myo"] = spatial.warp(batch["moving_myo"], disp)
+        if self.variance_model is not None:
+            log_var = self._log_var(state.variance_params, warped, fixed)
+            out["log_var"] = log_var
+        if self.variance_model is not None and not self.method.joint:  # the weight "ours" trains with
+            out["weight"] = losses.snr_weight(fixed, log_var, self.config.loss.gamma,
+                                              form=self.config.loss.snr_form, mask=self._mask(moving, fixed))
+        return out
