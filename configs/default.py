@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_steps = 30_000            # training steps (paper: 300 epochs of 100 steps)
     c.steps_per_epoch = 100         # an "epoch" = this many random batches drawn with replacement
     c.batch_size = 8                # global batch (pairs per step), split over all devices
+    c.steps_per_call = 1            # K iterations per jitted call (jax.lax.scan), data on the devices
     c.log_every = 50                # terminal progress + metrics.jsonl + TensorBoard every N steps
     c.eval_every = 1_000            # validation Dice every N steps (0 = never during training)
     c.checkpoint_every = 1_000      # orbax checkpoint every N steps (and always at the end)
@@ -63,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.image_size = (128, 128)  # network input size (2D or 3D)
     c.data.synthetic_subjects = 40  # number of phantom subjects (split 60/20/20 by subject)
     c.data.slices_per_subject = 3   # short-axis slices per ACDC-like phantom subject
+    c.data.on_device = "auto"       # training images on the devices: "auto" (when they fit), "device", "host"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 8           # pairs per inference batch

@@ -24,7 +24,8 @@ from typing import Any, Iterable
 MODELS = ("voxelmorph", "transmorph")
 MOTION_SCHEDULES = ("auto", "constant", "poly")
 LABEL_RULES = ("threshold", "reference")
-POSITIVE_INTS = ("num_steps", "steps_per_epoch", "batch_size", "log_every", "checkpoint_every",
+DATA_PLACEMENTS = ("auto", "device", "host")
+POSITIVE_INTS = ("num_steps", "steps_per_epoch", "batch_size", "steps_per_call", "log_every", "checkpoint_every",
                  "keep_checkpoints", "eval.batch_size", "data.slices_per_subject")
 NON_NEGATIVE_INTS = ("seed", "eval_every", "warm_start_epochs", "motion.int_steps", "eval.val_pairs")
 BOOLS = ("warm_start", "motion.bidirectional", "loss.use_mask")
@@ -99,6 +100,10 @@ def validate_config(config) -> None:
     _check_choice(config, "loss.snr_form", losses.SNR_FORMS)
     _check_choice(config, "eval.label_rule", LABEL_RULES)
     _check_choice(config, "data.dataset", synthetic.KINDS)
+    _check_choice(config, "data.on_device", DATA_PLACEMENTS)
+    if config.data.on_device == "host" and config.steps_per_call > 1:
+        raise _refuse("steps_per_call", config.steps_per_call,
+                      "1 with data.on_device='host' (several steps per call gather their batches on the devices)")
 
     _check_number(config, "optim.motion_lr", 0.0, low_open=True)
     _check_number(config, "optim.variance_lr", 0.0, low_open=True)

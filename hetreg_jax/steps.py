@@ -92,13 +92,8 @@ class Trainer:
         jit_step = functools.partial(jax.jit, donate_argnums=0, out_shardings=(repl, repl))
         self.motion_step = jit_step(functools.partial(self._motion_step, weighted=self.method.uses_variance))
         self.variance_step = jit_step(self._variance_step)
-        self._iterations = {
-            "motion": jit_step(self._iteration("motion")),
-            "motion_warmup": jit_step(self._iteration("motion_warmup")),
-            "variance": jit_step(self._iteration("variance")),
-            "alternating": jit_step(self._iteration("alternating")),
-            "joint": jit_step(self._iteration("joint")),
-        }
+        self._iterations = {phase: jit_step(self._iteration(phase)) for phase in PHASES}
+        self._chunks = {phase: jit_step(self._chunk(phase)) for phase in PHASES}
         # Replicated outputs: every process of a multi-host run can read the whole batch's predictions.
         self.predict = jax.jit(self._predict, out_shardings=repl)
 
@@ -134,6 +129,18 @@ class Trainer:
             if step < 2 * warm:
                 return "variance"
         return "alternating"
+
+    def train_chunk(self, phase: str) -> Callable:
+        """The jitted ``(state, data, indices, length) -> (state, measurements)`` of ``length``
+        iterations in ``phase``, in one call (a ``jax.lax.fori_loop``).
+
+        ``data`` holds the whole training split on the devices (``{"moving", "fixed"}``, each
+        ``[N, *spatial, 1]``, replicated); ``indices`` ``[K, batch]`` are the pair indices of up to K
+        steps (rows past ``length`` are ignored); each step gathers its batch there and shards it
+        over the mesh. The measurements come back stacked, ``[K]`` per key, the first ``length``
+        valid.
+        """
+        return self._chunks[phase]
 
     def train_step(self, phase: str) -> Callable:
         """The jitted ``(state, batch) -> (state, measurements)`` of one iteration in ``phase``."""
@@ -241,6 +248,27 @@ class Trainer:
             measures["all_finite"] = finite.astype(jnp.float32)
             return state.replace(step=state.step + 1), measures
         return iterate
+
+    def _chunk(self, phase: str) -> Callable:
+        iterate = self._iteration(phase)
+        batch_sharding = sharding.batch_sharding(self.mesh)
+
+        def run(state, data, indices, length):
+            def gather(i):
+                return {k: jax.lax.with_sharding_constraint(jnp.take(v, indices[i], axis=0), batch_sharding)
+                        for k, v in data.items()}
+
+            def body(i, carry):
+                state, stacked = carry
+                state, measures = iterate(state, gather(i))
+                return state, {k: stacked[k].at[i].set(v) for k, v in measures.items()}
+
+            shapes = jax.eval_shape(iterate, state, gather(0))[1]
+            stacked = {k: jnp.zeros((indices.shape[0],), v.dtype) for k, v in shapes.items()}
+            # A loop whose trip count is only known at run time: the same program (and the same
+            # floating-point results) for every chunk length up to len(indices), K = 1 included.
+            return jax.lax.fori_loop(0, length, body, (state, stacked))
+        return run
 
     def _predict(self, state: ts.TrainState, batch):
         """Inference on a batch: displacement, warped image and label, and log-variance if any."""

@@ -32,13 +32,18 @@ def check_finite(step: int, phase: str, measures: dict,
 def check_pending(pending: list, kept: str) -> dict:
     """Check the measurements of every step since the last check, in order, after one transfer.
 
-    ``pending`` holds ``(step, phase, device measures)``; the first non-finite step raises
+    ``pending`` holds ``(first step, phase, device measures)``, the measures scalars (one step) or
+    stacked ``[K]`` (K steps from ``first step`` on); the first non-finite step raises
     (:func:`check_finite`). Returns the last step's measures as floats.
     """
     host = jax.device_get([measures for _, _, measures in pending])
-    for (step, phase, _), measures in zip(pending, host):
-        check_finite(step, phase, measures, kept)
-    return {k: float(v) for k, v in host[-1].items()}
+    last = {}
+    for (first, phase, _), measures in zip(pending, host):
+        count = np.size(next(iter(measures.values())))
+        for i in range(count):
+            last = {k: (v[i] if np.ndim(v) else v) for k, v in measures.items()}
+            check_finite(first + i, phase, last, kept)
+    return {k: float(v) for k, v in last.items()}
 
 
 @jax.jit
@@ -179,25 +184,25 @@ def _train_steps(trainer: Trainer, state, start: int, splits: dict, config, work
     """
     from hetreg_jax import evaluation
     from hetreg_jax.checkpointing import NoSpace
-    from hetreg_jax.data import pipeline
+    from hetreg_jax.feed import Feed, chunk_end
     from hetreg_jax.writers import MetricWriter
 
-    rows = sharding.process_slice(config.batch_size)
+    feed = Feed(trainer, splits["train"], config)
+    say(feed.reason)
     writer = MetricWriter(workdir, start_step=start)
     progress = Progress(config.num_steps, start, config.batch_size)
     saved, pending = (start or None), []
     in_flight = sharding.InFlight()
     try:
         with StopRequest() as stop:
-            for step in range(start, config.num_steps):
-                batch = sharding.global_batch(
-                    pipeline.training_batch(splits["train"], config.seed, step, config.batch_size, rows),
-                    trainer.mesh)
-                phase = trainer.phase(step)
-                state, measures = trainer.train_step(phase)(state, batch)
-                in_flight.push(measures)
-                done = step + 1
-                pending.append((done, phase, measures))
+            done = start
+            while done < config.num_steps:
+                phase = trainer.phase(done)
+                end = chunk_end(config, trainer.phase, done, config.steps_per_call if feed.on_device else 1)
+                state, measured = feed.run(state, done, end, phase)
+                in_flight.push([m for _, _, m in measured])
+                pending += measured
+                done = end
                 last = done == config.num_steps
                 log = done % config.log_every == 0 or last or stop.requested
                 save = done % config.checkpoint_every == 0 or last or stop.requested

@@ -41,10 +41,12 @@ HISTORY_NAME = "config_history.jsonl"
 METRICS_NAME = "metrics.jsonl"
 
 # Keys that may differ from the recorded config without --allow_config_change: the step budget
-# (extend num_steps to train longer), logging, validation and checkpoint cadence, retention.
-# With the "poly" learning-rate schedule num_steps also sets the decay length, so extending it
-# changes the remaining learning rates (documented in the README).
-FREE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
+# (extend num_steps to train longer), logging, validation and checkpoint cadence, retention, and
+# how batches reach the steps (steps per call, data on the devices or the host: the same batches,
+# the same steps up to float rounding). With the "poly" learning-rate schedule num_steps also sets
+# the decay length, so extending it changes the remaining learning rates (documented in the README).
+FREE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "steps_per_call",
+             "data.on_device")
 FREE_PREFIXES = ("eval.",)
 
 _ABSENT = "<absent>"

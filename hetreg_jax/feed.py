@@ -1,0 +1,113 @@
+"""How training batches reach the steps: from data kept on the devices, several steps per call, or
+from the host, one step per call.
+
+- **On the devices** (``data.on_device``: ``"auto"`` when it fits, or ``"device"``): the training
+  split's images are placed once on every device (replicated); each call runs K =
+  ``steps_per_call`` iterations in one ``jax.lax.scan`` (:meth:`steps.Trainer.train_chunk`), each
+  gathering its batch on the devices from the indices that ``default_rng([seed, t])`` gives, the
+  same indices as the host path. No host gather, no host-to-device copy and one dispatch per K steps.
+  The loop's trip count is a run-time value, so every chunk length up to K runs the same compiled
+  program (one compilation) and gives the same floating-point results: K = 1 and K = 10 end with
+  bit-identical parameters.
+- **On the host** (``"host"``; or ``"auto"`` when the split would take more than a quarter of one
+  device's memory, or 2 GiB where the device does not report its memory; or ``"auto"`` on a CPU
+  with ``steps_per_call=1``, where the "device" is the host and the copy a memcpy): numpy gathers
+  each batch and copies it to the devices, one call per step. The two paths draw the same batches;
+  their compiled programs differ, so their parameters agree to float rounding (about 1e-7 after 20
+  steps), not bit for bit.
+
+A chunk never crosses a log, validation or checkpoint step, a phase change (warm start) or the end,
+so logging, validation, checkpoints, Ctrl-C and the non-finite check happen at exactly the same
+steps whatever K is (a chunk cut short at such a step is simply shorter).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import numpy as np
+
+from hetreg_jax import sharding
+from hetreg_jax.data import pipeline
+
+AUTO_FRACTION = 0.25         # "auto": on the devices up to this share of one device's memory
+AUTO_LIMIT_BYTES = 2 << 30   # ... or up to this where the device does not report its memory (CPU)
+
+
+def _device_memory_bytes(mesh) -> int | None:
+    """One of this process's devices' memory (the mesh's first device may be another process's)."""
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    try:
+        stats = local[0].memory_stats()
+    except (AttributeError, IndexError, RuntimeError, ValueError):
+        return None
+    return stats.get("bytes_limit") if stats else None
+
+
+def placement(pairs: Mapping, config, mesh) -> tuple[bool, str]:
+    """Whether the training images go on the devices, and a sentence saying why."""
+    mode, k = config.data.on_device, config.steps_per_call
+    size = sum(pairs[key].nbytes for key in pipeline.IMAGE_KEYS)
+    what = f"training data: {pipeline.num_pairs(pairs)} pairs ({size / 2**20:.1f} MiB)"
+    if mode == "host":
+        return False, f"{what} kept on the host (data.on_device='host'), one step per call"
+    if mode == "device":
+        return True, f"{what} placed on every device (data.on_device='device'), {k} step(s) per call"
+    limit_bytes = _device_memory_bytes(mesh)
+    limit = AUTO_LIMIT_BYTES if limit_bytes is None else AUTO_FRACTION * limit_bytes
+    if size > limit:
+        return False, (f"{what} kept on the host, one step per call: more than {limit / 2**20:.0f} MiB "
+                       f"({'2 GiB' if limit_bytes is None else 'a quarter of one device'})")
+    if mesh.devices.flat[0].platform == "cpu" and k == 1:
+        return False, f"{what} kept on the host (a CPU run with steps_per_call=1), one step per call"
+    slow = (" (on XLA:CPU a loop of steps runs about 10x slower than single steps: keep steps_per_call=1"
+            " there)" if mesh.devices.flat[0].platform == "cpu" and k > 1 else "")
+    return True, f"{what} placed on every device, {k} step(s) per call{slow}"
+
+
+def chunk_end(config, phase_of, start: int, k: int) -> int:
+    """The step (exclusive) where the chunk starting at ``start`` ends (see the module docstring)."""
+    end = min(start + k, config.num_steps)
+    for every in (config.log_every, config.checkpoint_every, config.eval_every):
+        if every:
+            end = min(end, (start // every + 1) * every)
+    phase = phase_of(start)
+    for step in range(start + 1, end):
+        if phase_of(step) != phase:
+            return step
+    return end
+
+
+class Feed:
+    """Runs steps ``[start, end)`` of one phase and returns the new state and what to check later:
+    ``[(first step number, phase, measurements)]``, the measurements on the device (stacked ``[K]``
+    for a chunk, scalars for a host step)."""
+
+    def __init__(self, trainer, pairs: Mapping, config):
+        self.trainer, self.pairs, self.config = trainer, pairs, config
+        self.on_device, self.reason = placement(pairs, config, trainer.mesh)
+        self.data = None
+        if self.on_device:
+            self.data = sharding.replicate({k: np.asarray(pairs[k]) for k in pipeline.IMAGE_KEYS},
+                                           trainer.mesh)
+        self.rows = sharding.process_slice(config.batch_size)
+        self.n = pipeline.num_pairs(pairs)
+
+    def run(self, state, start: int, end: int, phase: str):
+        cfg = self.config
+        if self.on_device:
+            indices = np.zeros((cfg.steps_per_call, cfg.batch_size), np.int32)
+            for row, t in enumerate(range(start, end)):
+                indices[row] = pipeline.batch_indices(cfg.seed, t, self.n, cfg.batch_size)
+            length = np.int32(end - start)
+            indices, length = sharding.replicate((indices, length), self.trainer.mesh)
+            state, stacked = self.trainer.train_chunk(phase)(state, self.data, indices, length)
+            return state, [(start + 1, phase, {k: v[:end - start] for k, v in stacked.items()})]
+        out = []
+        for t in range(start, end):
+            batch = sharding.global_batch(
+                pipeline.training_batch(self.pairs, cfg.seed, t, cfg.batch_size, self.rows), self.trainer.mesh)
+            state, measures = self.trainer.train_step(phase)(state, batch)
+            out.append((t + 1, phase, measures))
+        return state, out

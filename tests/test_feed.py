@@ -1,0 +1,108 @@
+"""Training data on the devices, several steps per call: the same parameters whatever K, resume."""
+
+import json
+import os
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from cli_support import host_state
+from conftest import make_tiny_config
+from hetreg_jax import config_check, feed, steps, train
+from hetreg_jax.data import pipeline
+
+
+def _records(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_steps_per_call_gives_bit_identical_parameters_logs_and_resume(tmp_path):
+    """K = 1 and K = 4 (chunks of 4 and 2 between the checkpoints at 6 and 12) on the devices end
+    with bit-identical parameters, losses and test metrics; so does a K = 4 run stopped at its
+    checkpoint and resumed."""
+    def config(k, num_steps=12):
+        return make_tiny_config(num_steps=num_steps, log_every=3, checkpoint_every=6, steps_per_call=k,
+                                **{"data.on_device": "device"})
+
+    runs = {name: str(tmp_path / name) for name in ("k1", "k4", "k4_resumed")}
+    summaries = {name: train.train_and_evaluate(config(k), runs[name]) for name, k in (("k1", 1), ("k4", 4))}
+    train.train_and_evaluate(config(4, num_steps=6), runs["k4_resumed"])
+    summaries["k4_resumed"] = train.train_and_evaluate(config(4), runs["k4_resumed"])
+
+    (reference, meta), *others = [host_state(runs[name], config(1)) for name in runs]
+    assert meta["step"] == 12
+    for state, other_meta in others:
+        assert other_meta["step"] == 12
+        for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(state), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert _records(runs["k1"]) == _records(runs["k4"]) == _records(runs["k4_resumed"])
+    assert [r["step"] for r in _records(runs["k1"])] == [3, 6, 9, 12]
+    assert summaries["k1"] == summaries["k4"] == summaries["k4_resumed"]
+
+
+def test_device_and_host_paths_draw_the_same_batches_and_agree_to_rounding(tmp_path):
+    states = []
+    for mode in ("host", "device"):
+        config = make_tiny_config(num_steps=6, **{"data.on_device": mode})
+        train.train_and_evaluate(config, str(tmp_path / mode))
+        states.append(host_state(str(tmp_path / mode), config)[0])
+    diffs = [float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1]))]
+    assert max(diffs) < 1e-5
+
+
+def test_chunks_stop_at_every_log_checkpoint_validation_phase_change_and_the_end():
+    config = types.SimpleNamespace(num_steps=50, log_every=10, checkpoint_every=25, eval_every=0)
+    phase = lambda t: "warm" if t < 7 else "alternating"  # noqa: E731
+    ends, t = [], 0
+    while t < config.num_steps:
+        t = feed.chunk_end(config, phase, t, 4)
+        ends.append(t)
+    assert ends == [4, 7, 10, 14, 18, 20, 24, 25, 29, 30, 34, 38, 40, 44, 48, 50]
+    assert feed.chunk_end(config, phase, 10, 100) == 20
+
+
+def test_auto_placement_and_its_reasons(monkeypatch):
+    pairs = {"moving": np.zeros((6, 32, 32, 1), np.float32), "fixed": np.zeros((6, 32, 32, 1), np.float32)}
+    mesh = steps.sharding.make_mesh()
+
+    def place(k=1, mode="auto"):
+        return feed.placement(pairs, make_tiny_config(steps_per_call=k, **{"data.on_device": mode}), mesh)
+
+    assert place() == (False, "training data: 6 pairs (0.0 MiB) kept on the host (a CPU run with "
+                              "steps_per_call=1), one step per call")
+    on_device, reason = place(k=10)
+    assert on_device and reason.startswith("training data: 6 pairs (0.0 MiB) placed on every device, 10 step(s) "
+                                           "per call (on XLA:CPU a loop of steps runs about 10x slower")
+    assert place(mode="device")[0] and not place(mode="host")[0]
+    monkeypatch.setattr(feed, "AUTO_LIMIT_BYTES", 1000)
+    on_device, reason = place(k=10)
+    assert not on_device and "kept on the host, one step per call: more than 0 MiB (2 GiB)" in reason
+    with pytest.raises(ValueError, match="steps_per_call=10 is not allowed: 1 with data.on_device='host'"):
+        config_check.validate_config(make_tiny_config(steps_per_call=10, **{"data.on_device": "host"}))
+
+
+def test_chunk_gathers_the_batches_of_the_host_path():
+    """The indices of step t are pipeline.batch_indices(seed, t, ...) on both paths."""
+    config = make_tiny_config()
+    splits = pipeline.load_splits(config)
+    trainer = steps.Trainer(config)
+    f = feed.Feed(trainer, splits["train"], make_tiny_config(steps_per_call=3, **{"data.on_device": "device"}))
+    captured = []
+    monkey_chunk = trainer.train_chunk
+
+    def spy(phase):
+        def call(state, data, indices, length):
+            captured.append((np.asarray(indices), int(length)))
+            return monkey_chunk(phase)(state, data, indices, length)
+        return call
+
+    trainer.train_chunk = spy
+    f.run(trainer.init_state(), 5, 7, "alternating")
+    (indices, length), = captured
+    n = pipeline.num_pairs(splits["train"])
+    assert length == 2 and indices.shape == (3, config.batch_size)
+    for row, t in enumerate((5, 6)):
+        np.testing.assert_array_equal(indices[row], pipeline.batch_indices(config.seed, t, n, config.batch_size))
