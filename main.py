@@ -1,12 +1,13 @@
 """hetreg_jax command line: train and evaluate, or evaluate a trained workdir.
 
     python main.py --config=configs/acdc.py --workdir=runs/acdc            # train, then test
-    python main.py --config=configs/acdc.py --workdir=runs/acdc --mode=eval
+    python main.py --workdir=runs/acdc --mode=eval          # the run's recorded config.json
     python main.py --config=configs/acdc.py --config.data.root=DIR --workdir=W --mode=inspect
-    python main.py --config=configs/acdc.py --workdir=runs/acdc --mode=register \
+    python main.py --workdir=runs/acdc --mode=register \
         --moving=ed.nii.gz --fixed=es.nii.gz [--moving_label=ed_gt.nii.gz] --out=DIR
 
-Any config field can be overridden, e.g. --config.num_steps=500 --config.method=mse.
+Any config field can be overridden, e.g. --config.num_steps=500 --config.method=mse. --config also
+takes a run's config.json; eval and register use WORKDIR/config.json when --config is not given.
 """
 
 import sys
@@ -17,7 +18,8 @@ from ml_collections import config_flags
 from hetreg_jax import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py, or a run's config.json).",
+                                lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and reports.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "inspect", "register"],
                   "train: train then test; eval: test the latest checkpoint; inspect: summarise the "
@@ -36,7 +38,7 @@ flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 flags.DEFINE_bool("allow_config_change", False,
                   "Resume a workdir whose recorded config differs (the change is logged in config_history.jsonl).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])  # --config: required for train and inspect (see cli.check_inputs)
 
 # Errors a user can cause and fix: reported in one line (the traceback only with --verbosity=1).
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, KeyError, TypeError, OSError)
@@ -69,6 +71,7 @@ def run(argv):
 
 def parse_flags(argv):
     """absl flag parsing, with config errors (a missing file, a mistyped key, a bad value) in one line."""
+    argv = cli.config_argv(argv)
     missing = cli.config_file_error(argv[1:])
     if missing:
         print(f"error: {missing}", file=sys.stderr)

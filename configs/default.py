@@ -1,74 +1,8 @@
-"""Default configuration: every field with a one-line comment.
+"""Default configuration: every key, with a one-line comment, is in hetreg_jax/default_config.py
+(inside the package, so that a run's recorded config.json can be completed with the defaults of
+keys added since, wherever hetreg_jax is installed).
 
 Run: python main.py --config=configs/default.py --workdir=runs/default
-Override any field from the command line, e.g. --config.num_steps=200; a mistyped key is refused.
 """
 
-import ml_collections
-from ml_collections import config_dict
-
-
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0                      # one seed for initialisation, data order and phantoms
-    c.model = "voxelmorph"          # displacement estimator: "voxelmorph" or "transmorph"
-    c.method = "ours"               # "ours" (SNR-weighted MSE + beta-NLL variance net), "mse", "ncc", "mi"
-    c.num_steps = 30_000            # training steps (paper: 300 epochs of 100 steps)
-    c.steps_per_epoch = 100         # an "epoch" = this many random batches drawn with replacement
-    c.batch_size = 8                # global batch (pairs per step), split over all devices
-    c.steps_per_call = 1            # K iterations per jitted call (jax.lax.scan), data on the devices
-    c.log_every = 50                # terminal progress + metrics.jsonl + TensorBoard every N steps
-    c.eval_every = 1_000            # validation Dice every N steps (0 = never during training)
-    c.checkpoint_every = 1_000      # orbax checkpoint every N steps (and always at the end)
-    c.keep_checkpoints = 3          # how many recent checkpoints to keep
-    c.warm_start = False            # motion-only (w = 1), then variance-only, then alternating
-    c.warm_start_epochs = 10        # length of each warm-start phase, in epochs
-
-    c.motion = ml_collections.ConfigDict()
-    c.motion.enc_features = (16, 32, 32, 32)               # VoxelMorph encoder widths
-    c.motion.dec_features = (32, 32, 32, 32, 32, 16, 16)   # VoxelMorph decoder widths
-    c.motion.int_steps = 7          # scaling-and-squaring steps (0 = not diffeomorphic)
-    c.motion.int_downsize = 2       # the velocity is integrated at 1/int_downsize resolution
-    c.motion.bidirectional = False  # also warp ES -> ED with the negated velocity (each weighs 0.5)
-
-    c.transmorph = ml_collections.ConfigDict()
-    c.transmorph.embed_dim = 96     # Swin embedding width (decoder widths follow it)
-    c.transmorph.depths = (2, 2, 4, 2)     # Swin blocks per stage
-    c.transmorph.num_heads = (4, 4, 8, 8)  # attention heads per stage
-    c.transmorph.window_size = (0,)  # (0,) = the default for the input's ndim: 8x8 (2D), 4x4x4 (3D)
-    c.transmorph.drop_path_rate = 0.3  # stochastic depth, linspace(0, rate) over the blocks
-
-    c.variance = ml_collections.ConfigDict()
-    c.variance.enc_features = (16, 32, 32, 32)             # variance U-Net encoder widths
-    c.variance.dec_features = (32, 32, 32, 32, 32, 16, 16) # variance U-Net decoder widths
-
-    c.optim = ml_collections.ConfigDict()
-    c.optim.motion_lr = 1e-4        # Adam learning rate of the displacement estimator
-    c.optim.variance_lr = 1e-4      # Adam learning rate of the variance estimator (always constant)
-    c.optim.motion_schedule = "auto"  # "constant", "poly" (lr * (1 - epoch/epochs)^0.9) or "auto":
-                                      # poly for TransMorph (the reference's), constant for VoxelMorph
-
-    c.loss = ml_collections.ConfigDict()
-    c.loss.gamma = 0.5              # SNR exponent: 0 = plain MSE weight, 1 = full confidence
-    c.loss.beta = 0.5               # beta of the beta-NLL variance loss
-    c.loss.smooth_weight = 0.01     # lambda of the smoothness regulariser
-    c.loss.reg_scale = 1.0          # extra factor on the regulariser (authors' code: int_downsize = 2)
-    c.loss.snr_form = "paper"       # "paper" (I_f^2/sigma^2)^gamma or "reference" (I_f/sigma^2)^gamma
-    c.loss.use_mask = True          # restrict residuals, log-variance and weights to the foreground
-    c.loss.ncc_window = 9           # window of the NCC baseline
-    c.loss.mi_bins = 32             # histogram bins of the MI baseline
-
-    c.data = ml_collections.ConfigDict()
-    c.data.dataset = "acdc"         # "acdc", "camus", "echo3d": phantom kind; with a root, breaks layout ties
-    c.data.root = config_dict.placeholder(str)  # dataset folder; None = built-in synthetic phantoms
-    c.data.image_size = (128, 128)  # network input size (2D or 3D)
-    c.data.synthetic_subjects = 40  # number of phantom subjects (split 60/20/20 by subject)
-    c.data.slices_per_subject = 3   # short-axis slices per ACDC-like phantom subject
-    c.data.on_device = "auto"       # training images on the devices: "auto" (when they fit), "device", "host"
-
-    c.eval = ml_collections.ConfigDict()
-    c.eval.batch_size = 8           # pairs per inference batch
-    c.eval.label_rule = "threshold" # "threshold": linear-warped mask > 0.5; "reference": > 0 (authors)
-    c.eval.val_pairs = 32           # validation pairs used for the periodic Dice (0 = all)
-    c.eval.sparsification_steps = 50  # fractions removed in the sparsification curve (AUSE)
-    return c
+from hetreg_jax.default_config import get_config  # noqa: F401

@@ -13,6 +13,10 @@ def check_inputs(config, mode: str, workdir: str, out: str | None = None, moving
                  fixed: str | None = None) -> None:
     """Everything that can be checked before the devices are set up or a file is written: the
     config's values, the flags the mode needs, and that the output folders can be written."""
+    if config is None:
+        hint = (f" (or a workdir with a recorded config.json: none in {os.path.abspath(workdir)})"
+                if mode in RECORDED_CONFIG_MODES else "")
+        raise ValueError(f"--mode={mode} needs --config=configs/<name>.py{hint}")
     validate_config(config)
     if mode in ("train", "inspect"):
         workdir_lib.check_writable(workdir)
@@ -46,16 +50,55 @@ def one_line(exc: BaseException) -> str:
     return text.replace("\\'", "'").replace('\\"', '"')
 
 
+JSON_LOADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "json_config.py")
+RECORDED_CONFIG_MODES = ("eval", "register")
+
+
+def _flag_value(argv, name: str) -> str | None:
+    value = None
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def config_argv(argv: list[str]) -> list[str]:
+    """The command line with its config made loadable: a ``--config=...json`` (a run's recorded
+    config) goes through ``json_config.py``; with no ``--config``, ``--mode=eval|register`` use
+    ``WORKDIR/config.json`` when it exists. Overrides (``--config.key=value``) apply either way."""
+    config = _flag_value(argv, "config")
+    if config is None:
+        workdir, mode = _flag_value(argv, "workdir"), _flag_value(argv, "mode")
+        recorded = os.path.join(workdir, "config.json") if workdir else None
+        if mode in RECORDED_CONFIG_MODES and recorded and os.path.isfile(recorded):
+            return [argv[0], f"--config={JSON_LOADER}:{os.path.abspath(recorded)}", *argv[1:]]
+        return list(argv)
+    if config.split(":", 1)[0].endswith(".json"):
+        if not os.path.isfile(config):
+            return list(argv)  # reported by config_file_error
+        out, skip = [], False
+        for arg in argv:
+            if skip:
+                skip = False
+                continue
+            if arg == "--config":
+                skip = True
+                arg = f"--config={config}"
+            if arg.startswith("--config="):
+                arg = f"--config={JSON_LOADER}:{os.path.abspath(config)}"
+            out.append(arg)
+        return out
+    return list(argv)
+
+
 def config_file_error(argv) -> str | None:
     """A one-line error if the --config file does not exist (ml_collections reports it in ~30 lines)."""
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        elif arg == "--config" and i + 1 < len(argv):
-            path = argv[i + 1]
-        else:
-            continue
-        path = path.split(":", 1)[0]
-        if not os.path.isfile(path):
-            return f"--config={path}: no such file"
+    path = _flag_value(argv, "config")
+    if path is None:
+        return None
+    path = path.split(":", 1)[0]
+    if not os.path.isfile(path):
+        return f"--config={path}: no such file"
     return None

@@ -150,15 +150,17 @@ def restore(config, workdir: str):
         ckpt.close()
 
 
-def register(config, workdir: str, moving: str, fixed: str, out: str, moving_label: str | None = None) -> dict:
-    """Register ``moving`` to ``fixed`` and write the outputs (module docstring); returns their paths."""
+def register(config, workdir: str, moving: str, fixed: str, out: str, moving_label: str | None = None,
+             restored: tuple | None = None) -> dict:
+    """Register ``moving`` to ``fixed`` and write the outputs (module docstring); returns their paths.
+    ``restored``: an already restored ``(trainer, state)`` of ``workdir`` (the Python API keeps one)."""
     from hetreg_jax import evaluation
     from hetreg_jax import workdir as workdir_lib
 
     workdir_lib.check_writable(out, "--out")  # before the work, not after it
     mode = preprocessing(config)
     inputs = prepare(mode, moving, fixed, moving_label, config.data.image_size)
-    trainer, state = restore(config, workdir)
+    trainer, state = restored or restore(config, workdir)
     pred = evaluation.predict_pairs(trainer, state, inputs.pairs, config.eval.batch_size)
     full = to_fixed_grid(inputs, pred)
     slicewise = mode == "crop"
