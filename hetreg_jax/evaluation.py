@@ -127,7 +127,10 @@ def summarize(rows: list[dict], excluded: list[dict], n_pairs: int) -> dict:
             summary[k] = metrics.summarize(column(k))
     summary["units"] = {"dice": "%", "hd": "px", "hd95": "px", "asd": "px (ES surface -> warped)",
                         "assd": "px", "folding_percent": "% voxels with det J <= 0",
-                        "sd_log_jacobian": "std of log det J (2-voxel border cropped)", "epe": "px"}
+                        "sd_log_jacobian": "std of log det J (2-voxel border cropped)",
+                        "epe": "px (inside the ES myocardium)", "epe_image": "px (whole image)",
+                        "ause": "squared normalised intensity (area between sparsification and oracle)",
+                        "sparsification_mse0": "squared normalised intensity (foreground MSE)"}
     return summary
 
 
@@ -156,6 +159,7 @@ def evaluate(trainer, state, pairs: Mapping, config, outdir: str | None = None, 
     rows, excluded, curves = pair_rows(pairs, pred, config.eval.label_rule, steps)
     summary = summarize(rows, excluded, pipeline.num_pairs(pairs))
     summary["label_rule"] = config.eval.label_rule
+    summary["checkpoint_step"] = int(jax.device_get(state.step))
     if curves:  # the paper's Fig. 3: mean raw-MSE sparsification curve and oracle over the pairs
         summary["sparsification"] = {"fraction_removed": list(np.arange(steps) / steps),
                                      "curve": list(np.mean([c for c, _ in curves], axis=0)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import jax
@@ -39,14 +40,26 @@ def say(*parts) -> None:
         print(*parts, flush=True)
 
 
-def print_summary(summary: dict) -> None:
-    """The test summary as a short table: registered vs undeformed mean ± std."""
+# (key, label, unit) of the test table, in the order printed.
+SUMMARY_ROWS = (("dice", "Dice", "%"), ("hd", "Hausdorff", "px"), ("hd95", "HD95", "px"),
+                ("asd", "ASD", "px"), ("assd", "ASSD", "px"), ("folding_percent", "folding", "%"),
+                ("epe", "EPE (myocardium)", "px"))
 
-    def fmt(d, key):
-        s = d.get(key)
-        return f"{s['mean']:.2f} ± {s['std']:.2f}" if s and s["mean"] == s["mean"] else "n/a"
-    say(f"test pairs: {summary['n_evaluated']} evaluated, {summary['n_excluded']} excluded")
-    for key in ("dice", "hd", "asd", "folding_percent", "epe"):
+
+def print_summary(summary: dict, outdir: str | None = None) -> None:
+    """The test summary as a table with units: registered vs undeformed mean ± std, the AUSE of the
+    variance net, and where the reports are."""
+
+    def fmt(s, digits=2):
+        return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}" if s and s["mean"] == s["mean"] else "n/a"
+    step = summary.get("checkpoint_step")
+    say(f"test pairs: {summary['n_evaluated']} evaluated, {summary['n_excluded']} excluded"
+        + (f" (checkpoint of step {step})" if step is not None else ""))
+    say(f"  {'metric':22s} {'registered':>18s} {'undeformed':>18s}")
+    for key, label, unit in SUMMARY_ROWS:
         if key in summary:
-            say(f"  {key:16s} registered {fmt(summary, key):>18s}   undeformed "
-                f"{fmt(summary['undeformed'], key):>18s}")
+            say(f"  {f'{label} ({unit})':22s} {fmt(summary[key]):>18s} {fmt(summary['undeformed'][key]):>18s}")
+    if "ause" in summary:
+        say(f"  {'AUSE of log σ²':22s} {fmt(summary['ause'], 4):>18s}   (sparsification vs the squared residual)")
+    if outdir is not None:
+        say(f"reports: {os.path.join(outdir, 'test_metrics.json')}, {os.path.join(outdir, 'test_per_pair.csv')}")

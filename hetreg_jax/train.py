@@ -123,9 +123,15 @@ def _prepare(config, mesh) -> tuple[dict, Trainer, Any]:
     from hetreg_jax.data import pipeline
 
     validate_config(config)
+    data = config.data
+    source = data.root or f"built-in {data.dataset} phantoms"
+    say(f"loading data: {source}, {'x'.join(map(str, data.image_size))} ...")
     splits = pipeline.load_splits(config)
+    say("data: " + ", ".join(f"{pipeline.num_pairs(splits[name])} {name}" for name in pipeline.SPLITS) + " pairs")
     trainer = Trainer(config, mesh)
     sharding.check_batch_size(config.batch_size, trainer.mesh)
+    say(f"networks: {config.model} ({config.method}) on {trainer.mesh.devices.size} "
+        f"{trainer.mesh.devices.flat[0].platform.upper()} device(s)")
     return splits, trainer, trainer.abstract_state()
 
 
@@ -167,8 +173,10 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
             state = _train_steps(trainer, state, start, splits, config, workdir, ckpt)
         finally:
             ckpt.close()
-        summary = evaluation.evaluate(trainer, state, splits["test"], config, os.path.join(workdir, "eval"))
-    print_summary(summary)
+        say("evaluating the test split ...")
+        outdir = os.path.join(workdir, "eval")
+        summary = evaluation.evaluate(trainer, state, splits["test"], config, outdir)
+    print_summary(summary, outdir)
     return summary
 
 
@@ -189,6 +197,8 @@ def _train_steps(trainer: Trainer, state, start: int, splits: dict, config, work
 
     feed = Feed(trainer, splits["train"], config)
     say(feed.reason)
+    say(f"compiling the training step, then training to step {config.num_steps} (progress every "
+        f"{config.log_every} steps) ...")
     writer = MetricWriter(workdir, start_step=start)
     progress = Progress(config.num_steps, start, config.batch_size)
     saved, pending = (start or None), []
@@ -263,6 +273,7 @@ def evaluate_checkpoint(config, workdir: str, mesh: jax.sharding.Mesh | None = N
             workdir_lib.check_writable(outdir, "--out" if out else "--workdir")
         splits, trainer, abstract = _prepare(config, mesh)
         state = load_checkpoint(trainer, config, workdir, abstract)
+        say(f"evaluating the checkpoint of step {int(jax.device_get(state.step))} on the test split ...")
         summary = evaluation.evaluate(trainer, state, splits["test"], config, outdir)
-    print_summary(summary)
+    print_summary(summary, outdir)
     return summary

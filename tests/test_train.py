@@ -130,6 +130,8 @@ def test_train_and_evaluate_then_resume_matches_uninterrupted(tmp_path, tiny_con
     for key in ("dice", "hd", "hd95", "asd", "assd", "folding_percent", "sd_log_jacobian", "epe"):
         assert key in report and key in report["undeformed"], key
     assert report["n_pairs"] == report["n_evaluated"] + report["n_excluded"] > 0
+    assert report["checkpoint_step"] == 6
+    assert {k for k in report if isinstance(report[k], dict) and "mean" in report[k]} <= set(report["units"])
     assert report["dice"]["n"] == report["n_evaluated"]
     assert "ause" in report
     sparse = report["sparsification"]  # mean curves over the pairs (the paper's Fig. 3)
