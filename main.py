@@ -4,7 +4,7 @@
     python main.py --workdir=runs/acdc --mode=eval          # the run's recorded config.json
     python main.py --config=configs/acdc.py --config.data.root=DIR --workdir=W --mode=inspect
     python main.py --workdir=runs/acdc --mode=register \
-        --moving=ed.nii.gz --fixed=es.nii.gz [--moving_label=ed_gt.nii.gz] --out=DIR
+        --moving=ed.nii.gz --fixed=es.nii.gz [--moving_label=ed_gt.nii.gz [--fixed_label=es_gt.nii.gz]] --out=DIR
 
 Any config field can be overridden, e.g. --config.num_steps=500 --config.method=mse. --config also
 takes a run's config.json; eval and register use WORKDIR/config.json when --config is not given.
@@ -27,6 +27,8 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "inspect", "register"],
 flags.DEFINE_string("moving", None, "register: moving image (NIfTI).")
 flags.DEFINE_string("fixed", None, "register: fixed image (NIfTI); the outputs are on its grid.")
 flags.DEFINE_string("moving_label", None, "register: optional label map of the moving image.")
+flags.DEFINE_string("fixed_label", None, "register: optional label map of the fixed image; with --moving_label, "
+                    "Dice, Hausdorff and ASD of the warped label against it (label_metrics.json).")
 flags.DEFINE_string("out", None, "register: output folder; eval: report folder (default WORKDIR/eval, "
                     "so a run on a read-only disk can be evaluated elsewhere).")
 flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices to split this host into (0 = one per core, "
@@ -47,7 +49,8 @@ USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, KeyError, Type
 def run(argv):
     del argv
     config = FLAGS.config
-    cli.check_inputs(config, FLAGS.mode, FLAGS.workdir, FLAGS.out, FLAGS.moving, FLAGS.fixed)
+    cli.check_inputs(config, FLAGS.mode, FLAGS.workdir, FLAGS.out, FLAGS.moving, FLAGS.fixed,
+                     FLAGS.moving_label, FLAGS.fixed_label)
     import jax
 
     from hetreg_jax import sharding, train
@@ -66,7 +69,8 @@ def run(argv):
         inspect.run(config, FLAGS.workdir)
     else:
         from hetreg_jax import register
-        register.register(config, FLAGS.workdir, FLAGS.moving, FLAGS.fixed, FLAGS.out, FLAGS.moving_label)
+        register.register(config, FLAGS.workdir, FLAGS.moving, FLAGS.fixed, FLAGS.out, FLAGS.moving_label,
+                          fixed_label=FLAGS.fixed_label)
 
 
 def parse_flags(argv):

@@ -85,12 +85,14 @@ class Model:
             out[key] = value if batched else value[0]
         return out
 
-    def register_nifti(self, moving: str, fixed: str, out: str, moving_label: str | None = None) -> dict:
-        """Register two NIfTI files as ``--mode=register`` does; returns the paths written."""
+    def register_nifti(self, moving: str, fixed: str, out: str, moving_label: str | None = None,
+                       fixed_label: str | None = None) -> dict:
+        """Register two NIfTI files as ``--mode=register`` does; returns the paths written
+        (with ``fixed_label``, ``label_metrics``: Dice, Hausdorff and ASD of the warped label)."""
         from hetreg_jax import register as register_lib
 
         return register_lib.register(self.config, self.workdir, moving, fixed, out, moving_label,
-                                     restored=(self.trainer, self.state))
+                                     restored=(self.trainer, self.state), fixed_label=fixed_label)
 
 
 def load(workdir: str, config=None) -> Model:

@@ -10,7 +10,7 @@ from hetreg_jax.config_check import validate_config
 
 
 def check_inputs(config, mode: str, workdir: str, out: str | None = None, moving: str | None = None,
-                 fixed: str | None = None) -> None:
+                 fixed: str | None = None, moving_label: str | None = None, fixed_label: str | None = None) -> None:
     """Everything that can be checked before the devices are set up or a file is written: the
     config's values, the flags the mode needs, and that the output folders can be written."""
     if config is None:
@@ -25,6 +25,8 @@ def check_inputs(config, mode: str, workdir: str, out: str | None = None, moving
     if mode == "register":
         if not (moving and fixed and out):
             raise ValueError("--mode=register needs --moving, --fixed and --out")
+        if fixed_label and not moving_label:
+            raise ValueError("--fixed_label needs --moving_label (the label that is warped and scored)")
         workdir_lib.check_writable(out, "--out")
     if mode == "eval" and out:
         workdir_lib.check_writable(out, "--out")

@@ -57,6 +57,23 @@ class Inputs:
     moving_label: np.ndarray | None
     pairs: dict
     crop_start: tuple[int, ...] | None = None  # crop mode only
+    single_slice: bool = False  # crop mode: the files are 2D [X, Y] slices, handled as [X, Y, 1] stacks
+
+
+def _read_stack(path: str, label: bool = False, like: nifti.Volume | None = None) -> tuple[nifti.Volume, bool]:
+    """A short-axis stack ``[X, Y, Z]``; a 2D ``[X, Y]`` file is read as a one-slice stack (True)."""
+    def read(ndim, reference):
+        if label:
+            return nifti.read_label(path, ndim, like=reference)
+        return nifti.read_image(path, ndim)
+    try:
+        return read(3, like), False
+    except nifti.DataError as exc:
+        if "2D image" not in str(exc):
+            raise
+    flat_like = None if like is None else dataclasses.replace(like, data=like.data[..., 0])
+    vol = read(2, flat_like)
+    return dataclasses.replace(vol, data=vol.data[..., None]), True
 
 
 def _as_pair_set(pairs: list[dict], image_size) -> dict:
@@ -70,14 +87,15 @@ def prepare(mode: str, moving: str, fixed: str, moving_label: str | None, image_
     """Read the files and preprocess them like training data."""
     size = tuple(int(n) for n in image_size)
     if mode == "crop":
-        m, f = nifti.read_image(moving, 3), nifti.read_image(fixed, 3)
+        (m, flat), (f, _) = _read_stack(moving), _read_stack(fixed)
         if m.data.shape != f.data.shape:
             raise nifti.DataError(moving, f"shape {m.data.shape} differs from the fixed image's {f.data.shape}"
                                           " (ACDC-style registration needs stacks of the same shape)")
-        label = nifti.read_label(moving_label, 3, like=m).data if moving_label else None
+        label = _read_stack(moving_label, label=True, like=m)[0].data if moving_label else None
         centre = acdc.crop_centre(label) if label is not None else tuple((n - 1) / 2 for n in f.data.shape[:2])
         pairs = acdc.slice_pairs(m.data, f.data, label, None, centre, size)
-        return Inputs(m, f, label, _as_pair_set(pairs, size), preprocess.crop_start(centre, size))
+        return Inputs(m, f, label, _as_pair_set(pairs, size), preprocess.crop_start(centre, size),
+                      single_slice=flat and len(f.file_shape) == 2)
     m, f = nifti.read_image(moving, len(size)), nifti.read_image(fixed, len(size))
     label = nifti.read_label(moving_label, len(size), like=m).data if moving_label else None
     pair = preprocess.resized_pair(m, f, label, None, size)
@@ -151,9 +169,11 @@ def restore(config, workdir: str):
 
 
 def register(config, workdir: str, moving: str, fixed: str, out: str, moving_label: str | None = None,
-             restored: tuple | None = None) -> dict:
+             restored: tuple | None = None, fixed_label: str | None = None) -> dict:
     """Register ``moving`` to ``fixed`` and write the outputs (module docstring); returns their paths.
-    ``restored``: an already restored ``(trainer, state)`` of ``workdir`` (the Python API keeps one)."""
+    ``restored``: an already restored ``(trainer, state)`` of ``workdir`` (the Python API keeps one).
+    ``fixed_label`` (with ``moving_label``): also score the warped label against it
+    (:func:`label_metrics`, printed and written to ``label_metrics.json``)."""
     from hetreg_jax import evaluation
     from hetreg_jax import workdir as workdir_lib
 
@@ -167,7 +187,55 @@ def register(config, workdir: str, moving: str, fixed: str, out: str, moving_lab
     full["warped"] = warp_full(inputs.moving.data, full["displacement"], slicewise)
     if inputs.moving_label is not None:
         full["warped_label"] = warp_labels(inputs.moving_label, full["displacement"], slicewise)
-    return write_outputs(out, inputs.fixed, full, inputs.moving.data)
+    fixed_vol, moving_data = inputs.fixed, inputs.moving.data
+    if inputs.single_slice:  # outputs keep the input's own dimensionality: [X, Y], displacement [X, Y, 2]
+        full = {k: v[:, :, 0, :2] if k == "displacement" else v[:, :, 0] for k, v in full.items()}
+        fixed_vol = dataclasses.replace(fixed_vol, data=fixed_vol.data[..., 0])
+        moving_data = moving_data[..., 0]
+    paths = write_outputs(out, fixed_vol, full, moving_data)
+    if fixed_label is not None:
+        if "warped_label" not in full:
+            raise ValueError("--fixed_label needs --moving_label (the label that is warped)")
+        reference = (_read_stack(fixed_label, label=True, like=inputs.fixed)[0].data if mode == "crop"
+                     else nifti.read_label(fixed_label, len(config.data.image_size), like=inputs.fixed).data)
+        if inputs.single_slice:
+            reference = reference[..., 0]
+        paths["label_metrics"] = write_label_metrics(out, full["warped_label"], reference, fixed_vol.spacing)
+    return paths
+
+
+def label_metrics(warped: np.ndarray, reference: np.ndarray, spacing) -> dict:
+    """Dice (%), Hausdorff, HD95 and ASD (reference surface -> warped) of every label value > 0,
+    in voxels of the fixed grid and in mm (its voxel size)."""
+    from hetreg_jax import metrics
+
+    out = {}
+    for value in sorted((set(np.unique(reference)) | set(np.unique(warped))) - {0}):
+        a, b = reference == value, warped == value
+        entry = {"dice": 100.0 * metrics.dice(b, a)}
+        for unit, sp in (("px", None), ("mm", tuple(spacing))):
+            entry[f"hd_{unit}"] = metrics.hausdorff(a, b, spacing=sp)
+            entry[f"hd95_{unit}"] = metrics.hausdorff(a, b, percentile=95, spacing=sp)
+            entry[f"asd_{unit}"] = metrics.average_surface_distance(a, b, spacing=sp)
+        out[str(int(value))] = entry
+    return out
+
+
+def write_label_metrics(out: str, warped: np.ndarray, reference: np.ndarray, spacing) -> str:
+    """Print one line per label and write ``label_metrics.json`` (strict JSON); returns its path."""
+    import json
+
+    from hetreg_jax.workdir import atomic_write_text, json_safe
+
+    scores = label_metrics(warped, reference, spacing)
+    for value, e in scores.items():
+        print(f"label {value}: Dice {e['dice']:.2f}%, Hausdorff {e['hd_px']:.2f} px ({e['hd_mm']:.2f} mm), "
+              f"HD95 {e['hd95_px']:.2f} px, ASD {e['asd_px']:.2f} px ({e['asd_mm']:.2f} mm)")
+    path = os.path.join(out, "label_metrics.json")
+    atomic_write_text(path, json.dumps(json_safe({"labels": scores, "units": {
+        "dice": "%", "hd/hd95/asd_px": "voxels of the fixed grid", "hd/hd95/asd_mm": "mm (the fixed image's voxel size)",
+        "asd": "directed from the fixed label's surface to the warped one"}}), indent=2, allow_nan=False))
+    return path
 
 
 def write_outputs(out: str, fixed: nifti.Volume, full: dict, moving_on_grid: np.ndarray) -> dict:

@@ -160,3 +160,40 @@ def test_moving_of_another_shape_is_carried_onto_the_fixed_grid(tmp_path):
     assert inputs.pairs["moving"].shape == (1, 32, 32, 1) and inputs.crop_start is None
     np.testing.assert_allclose(inputs.moving.data, np.add.outer(np.arange(45) * 29 / 44, np.zeros(38)), atol=1e-5)
     np.testing.assert_allclose(inputs.pairs["moving"][0, :, 0, 0], np.arange(32) / 31, atol=1e-6)
+
+
+def test_a_2d_slice_pair_registers_on_its_own_grid_and_reports_label_metrics(trained, tmp_path):
+    """A true 2D [X, Y] NIfTI pair (many cardiac datasets ship slices) in the ACDC path: outputs
+    stay 2D on the slice's grid, and --fixed_label scores the warped label (here against itself)."""
+    folder = trained / "acdc" / "training" / "patient002"
+    src = nib.load(str(folder / "patient002_frame01.nii.gz"))
+    paths = {}
+    for name, suffix in (("image", ""), ("label", "_gt")):
+        stack = nib.load(str(folder / f"patient002_frame01{suffix}.nii.gz"))
+        paths[name] = str(tmp_path / f"slice{suffix}.nii.gz")
+        nib.save(nib.Nifti1Image(np.asarray(stack.dataobj)[:, :, 1], src.affine, stack.header), paths[name])
+    out_dir = tmp_path / "out"
+    written = register.register(_config(trained / "acdc"), str(trained / "work"), paths["image"], paths["image"],
+                                str(out_dir), moving_label=paths["label"], fixed_label=paths["label"])
+    out = _outputs(out_dir)
+    assert out["warped"].shape == out["weight"].shape == out["warped_label"].shape == (40, 36)
+    assert out["displacement"].shape == (40, 36, 1, 1, 2)  # D = the fixed image's 2 axes
+    import json
+    with open(written["label_metrics"]) as f:
+        scores = json.load(f)["labels"]
+    label = np.asarray(nib.load(paths["label"]).dataobj)
+    assert set(scores) == {str(v) for v in np.unique(label) if v}
+    warped = np.asarray(out["warped_label"].dataobj)
+    for value, entry in scores.items():  # the numbers are those of the written warped label
+        a, b = label == int(value), warped == int(value)
+        assert entry["dice"] == pytest.approx(200.0 * (a & b).sum() / (a.sum() + b.sum()))
+        assert entry["dice"] > 90 and entry["hd_px"] <= 2.0
+
+
+def test_label_metrics_on_a_shifted_square():
+    reference = np.zeros((20, 20), np.uint8)
+    reference[5:11, 5:11] = 2
+    warped = np.roll(reference, 2, axis=0)  # 6x6 square moved by 2 rows: overlap 4x6
+    (value, e), = register.label_metrics(warped, reference, (1.5, 1.0)).items()
+    assert value == "2" and e["dice"] == pytest.approx(100.0 * 2 * 24 / 72)
+    assert e["hd_px"] == pytest.approx(2.0) and e["hd_mm"] == pytest.approx(3.0)  # 2 rows of 1.5 mm
