@@ -60,22 +60,6 @@ class Inputs:
     single_slice: bool = False  # crop mode: the files are 2D [X, Y] slices, handled as [X, Y, 1] stacks
 
 
-def _read_stack(path: str, label: bool = False, like: nifti.Volume | None = None) -> tuple[nifti.Volume, bool]:
-    """A short-axis stack ``[X, Y, Z]``; a 2D ``[X, Y]`` file is read as a one-slice stack (True)."""
-    def read(ndim, reference):
-        if label:
-            return nifti.read_label(path, ndim, like=reference)
-        return nifti.read_image(path, ndim)
-    try:
-        return read(3, like), False
-    except nifti.DataError as exc:
-        if "2D image" not in str(exc):
-            raise
-    flat_like = None if like is None else dataclasses.replace(like, data=like.data[..., 0])
-    vol = read(2, flat_like)
-    return dataclasses.replace(vol, data=vol.data[..., None]), True
-
-
 def _as_pair_set(pairs: list[dict], image_size) -> dict:
     for i, pair in enumerate(pairs):
         pair.setdefault("spacing", np.ones(len(image_size), np.float32))
@@ -87,15 +71,15 @@ def prepare(mode: str, moving: str, fixed: str, moving_label: str | None, image_
     """Read the files and preprocess them like training data."""
     size = tuple(int(n) for n in image_size)
     if mode == "crop":
-        (m, flat), (f, _) = _read_stack(moving), _read_stack(fixed)
+        m, f = nifti.read_stack(moving), nifti.read_stack(fixed)
         if m.data.shape != f.data.shape:
             raise nifti.DataError(moving, f"shape {m.data.shape} differs from the fixed image's {f.data.shape}"
                                           " (ACDC-style registration needs stacks of the same shape)")
-        label = _read_stack(moving_label, label=True, like=m)[0].data if moving_label else None
+        label = nifti.read_stack(moving_label, label=True, like=m).data if moving_label else None
         centre = acdc.crop_centre(label) if label is not None else tuple((n - 1) / 2 for n in f.data.shape[:2])
         pairs = acdc.slice_pairs(m.data, f.data, label, None, centre, size)
         return Inputs(m, f, label, _as_pair_set(pairs, size), preprocess.crop_start(centre, size),
-                      single_slice=flat and len(f.file_shape) == 2)
+                      single_slice=len(f.file_shape) == 2)
     m, f = nifti.read_image(moving, len(size)), nifti.read_image(fixed, len(size))
     label = nifti.read_label(moving_label, len(size), like=m).data if moving_label else None
     pair = preprocess.resized_pair(m, f, label, None, size)
@@ -196,7 +180,7 @@ def register(config, workdir: str, moving: str, fixed: str, out: str, moving_lab
     if fixed_label is not None:
         if "warped_label" not in full:
             raise ValueError("--fixed_label needs --moving_label (the label that is warped)")
-        reference = (_read_stack(fixed_label, label=True, like=inputs.fixed)[0].data if mode == "crop"
+        reference = (nifti.read_stack(fixed_label, label=True, like=inputs.fixed).data if mode == "crop"
                      else nifti.read_label(fixed_label, len(config.data.image_size), like=inputs.fixed).data)
         if inputs.single_slice:
             reference = reference[..., 0]

@@ -197,3 +197,20 @@ def test_label_metrics_on_a_shifted_square():
     (value, e), = register.label_metrics(warped, reference, (1.5, 1.0)).items()
     assert value == "2" and e["dice"] == pytest.approx(100.0 * 2 * 24 / 72)
     assert e["hd_px"] == pytest.approx(2.0) and e["hd_mm"] == pytest.approx(3.0)  # 2 rows of 1.5 mm
+
+
+def test_acdc_frames_given_as_2d_slices_load_as_one_slice_stacks(trained, tmp_path):
+    from hetreg_jax.data import acdc
+
+    source = trained / "acdc" / "training" / "patient002"
+    folder = tmp_path / "patient002"
+    folder.mkdir()
+    for path in source.iterdir():
+        if path.name.endswith(".cfg"):
+            (folder / path.name).write_text(path.read_text())
+        elif "_frame" in path.name:
+            img = nib.load(str(path))
+            nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, 1], img.affine, img.header), str(folder / path.name))
+    frames = acdc.read_frames(str(folder))
+    assert frames["ed"].data.shape == frames["es_gt"].data.shape == (40, 36, 1)
+    assert frames["ed"].file_shape == (40, 36)

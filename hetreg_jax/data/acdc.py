@@ -105,7 +105,8 @@ def subjects(root: str, image_size, seed: int) -> list[Subject]:
 
 def read_frames(folder: str) -> dict[str, nifti.Volume]:
     """ED/ES images and label maps of one patient (``ed``, ``es``, ``ed_gt``, ``es_gt``), checked:
-    3D, finite, not constant, labels integer with myocardium, matching shapes."""
+    3D stacks (or 2D slices, read as one-slice stacks), finite, not constant, labels integer with
+    myocardium, matching shapes."""
     cfg = os.path.join(folder, INFO)
     info = read_info(cfg)
     out = {}
@@ -113,8 +114,8 @@ def read_frames(folder: str) -> dict[str, nifti.Volume]:
         frame = frame_number(info, phase, cfg)
         image_path, label_path = frame_paths(folder, frame)
         key = phase.lower()
-        out[key] = nifti.read_image(image_path, 3)
-        out[key + "_gt"] = nifti.read_label(label_path, 3, like=out[key], required=MYOCARDIUM)
+        out[key] = nifti.read_stack(image_path)  # a 2D [X, Y] frame is a one-slice stack
+        out[key + "_gt"] = nifti.read_stack(label_path, label=True, like=out[key], required=MYOCARDIUM)
     if out["es"].data.shape != out["ed"].data.shape:
         raise DataError(out["es"].path, f"ES frame shape {out['es'].data.shape} differs from the ED frame "
                                         f"shape {out['ed'].data.shape} of {out['ed'].path}")

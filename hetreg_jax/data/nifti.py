@@ -120,6 +120,24 @@ def _header_for(reference: nib.Nifti1Header | None, dtype) -> nib.Nifti1Header:
     return header
 
 
+def read_stack(path, label: bool = False, like: Volume | None = None, required: int | None = None) -> Volume:
+    """A short-axis stack ``[X, Y, Z]`` (image, or label map with ``label=True``); a 2D ``[X, Y]``
+    file is a one-slice stack ``[X, Y, 1]`` (its ``file_shape`` stays 2D, so outputs written on
+    its geometry can be 2D again)."""
+    def read(ndim, reference):
+        if label:
+            return read_label(path, ndim, like=reference, required=required)
+        return read_image(path, ndim)
+    try:
+        return read(3, like)
+    except DataError as exc:
+        if "2D image" not in str(exc):
+            raise
+    flat_like = None if like is None else dataclasses.replace(like, data=like.data[..., 0])
+    vol = read(2, flat_like)
+    return dataclasses.replace(vol, data=vol.data[..., None])
+
+
 def _file_shaped(data: np.ndarray, file_shape) -> np.ndarray:
     """``data`` with the length-1 axes of the reference file restored (a 2D result of a
     ``[X, Y, 1]`` file is written as ``[X, Y, 1]``)."""
