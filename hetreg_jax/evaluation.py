@@ -167,6 +167,9 @@ def evaluate(trainer, state, pairs: Mapping, config, outdir: str | None = None, 
                                      "n_pairs": len(curves)}
     if outdir is not None:
         write_reports(outdir, rows, summary, name)
+        if jax.process_index() == 0:
+            from hetreg_jax import figures
+            figures.examples(pairs, pred, os.path.join(outdir, f"{name}_examples.png"))
     return summary
 
 

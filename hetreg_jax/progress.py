@@ -62,4 +62,6 @@ def print_summary(summary: dict, outdir: str | None = None) -> None:
     if "ause" in summary:
         say(f"  {'AUSE of log σ²':22s} {fmt(summary['ause'], 4):>18s}   (sparsification vs the squared residual)")
     if outdir is not None:
-        say(f"reports: {os.path.join(outdir, 'test_metrics.json')}, {os.path.join(outdir, 'test_per_pair.csv')}")
+        names = [n for n in ("test_metrics.json", "test_per_pair.csv", "test_examples.png", "curves.png")
+                 if os.path.exists(os.path.join(outdir, n))]
+        say(f"reports in {outdir}: {', '.join(names)}")

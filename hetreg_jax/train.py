@@ -176,6 +176,9 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
         say("evaluating the test split ...")
         outdir = os.path.join(workdir, "eval")
         summary = evaluation.evaluate(trainer, state, splits["test"], config, outdir)
+        if lead:
+            from hetreg_jax import figures
+            figures.training_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(outdir, "curves.png"))
     print_summary(summary, outdir)
     return summary
 

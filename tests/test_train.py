@@ -141,6 +141,8 @@ def test_train_and_evaluate_then_resume_matches_uninterrupted(tmp_path, tiny_con
     with open(os.path.join(full_dir, "eval", "test_per_pair.csv")) as f:
         assert len(f.read().strip().splitlines()) == report["n_evaluated"] + 1
     assert summary["dice"]["mean"] == report["dice"]["mean"]
+    for figure in ("curves.png", "test_examples.png"):  # loss curves, example registrations
+        assert os.path.getsize(os.path.join(full_dir, "eval", figure)) > 10_000, figure
 
     # Interrupted after step 3 (a checkpoint), then resumed: identical final parameters.
     train.train_and_evaluate(tiny_config(num_steps=3), split_dir)

@@ -104,7 +104,9 @@ def montage(splits: dict, path: str, count: int = MONTAGE_PAIRS) -> bool:
                     ax.contour(myo.astype(float), levels=[0.5], colors=colour, linewidths=0.8)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=c, label=t) for c, t in (("red", "ED myocardium"), ("yellow", "ES myocardium"))]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
