@@ -176,7 +176,12 @@ def register(config, workdir: str, moving: str, fixed: str, out: str, moving_lab
         full = {k: v[:, :, 0, :2] if k == "displacement" else v[:, :, 0] for k, v in full.items()}
         fixed_vol = dataclasses.replace(fixed_vol, data=fixed_vol.data[..., 0])
         moving_data = moving_data[..., 0]
-    paths = write_outputs(out, fixed_vol, full, moving_data)
+    window = None
+    if inputs.crop_start is not None:  # show the region the network saw
+        shape = fixed_vol.data.shape
+        window = tuple(slice(max(0, start), min(n, start + size))
+                       for start, size, n in zip(inputs.crop_start, config.data.image_size, shape[:2]))
+    paths = write_outputs(out, fixed_vol, full, moving_data, window)
     if fixed_label is not None:
         if "warped_label" not in full:
             raise ValueError("--fixed_label needs --moving_label (the label that is warped)")
@@ -222,7 +227,8 @@ def write_label_metrics(out: str, warped: np.ndarray, reference: np.ndarray, spa
     return path
 
 
-def write_outputs(out: str, fixed: nifti.Volume, full: dict, moving_on_grid: np.ndarray) -> dict:
+def write_outputs(out: str, fixed: nifti.Volume, full: dict, moving_on_grid: np.ndarray,
+                  window: tuple[slice, slice] | None = None) -> dict:
     """Write the NIfTI files and ``overview.png`` on ``fixed``'s geometry."""
     from hetreg_jax import workdir as workdir_lib
 
@@ -235,35 +241,50 @@ def write_outputs(out: str, fixed: nifti.Volume, full: dict, moving_on_grid: np.
         if key in full:
             paths[key] = nifti.write(os.path.join(out, f"{name}.nii.gz"), full[key],
                                      file_shape=fixed.file_shape, **geometry)
-    paths["overview"] = overview(os.path.join(out, "overview.png"), moving_on_grid, fixed.data, full)
+    paths["overview"] = overview(os.path.join(out, "overview.png"), moving_on_grid, fixed.data, full, window)
     magnitude = np.linalg.norm(full["displacement"], axis=-1)
     print(f"registered: |u| mean {magnitude.mean():.3f}, max {magnitude.max():.3f} voxels of the fixed grid; "
           f"wrote {', '.join(os.path.basename(p) for p in paths.values())} to {out}")
     return paths
 
 
-def overview(path: str, moving: np.ndarray, fixed: np.ndarray, full: dict) -> str:
-    """A one-row figure (3D: the middle slice of the last axis)."""
+def overview(path: str, moving: np.ndarray, fixed: np.ndarray, full: dict,
+             window: tuple[slice, slice] | None = None) -> str:
+    """A 2 x 4 grid: moving, fixed, warped (with the warped label's contours when there is one),
+    |fixed - warped|; |u|, log variance, weight. ``window``: the in-plane region shown (the network's
+    crop for ACDC-style data). 3D: the middle slice of the last axis, named in the title."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    depth = fixed.shape[-1] if fixed.ndim == 3 else None
+    box = window or (slice(None), slice(None))
+
     def view(a):
-        return a if a.ndim == 2 else a[..., a.shape[-1] // 2]
+        return (a if a.ndim == 2 else a[..., a.shape[-1] // 2])[box]
     lo, hi = float(fixed.min()), float(fixed.max())
-    panels = [("moving", moving, "gray", (lo, hi)), ("fixed", fixed, "gray", (lo, hi)),
-              ("warped", full["warped"], "gray", (lo, hi)),
-              ("|fixed - warped|", np.abs(fixed - full["warped"]), "magma", (None, None)),
-              ("|u| (voxels)", np.linalg.norm(full["displacement"], axis=-1), "viridis", (None, None))]
-    panels += [(title, full[key], "viridis", (None, None))
-               for key, title in (("log_var", "log variance"), ("weight", "weight")) if key in full]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
-    for ax, (title, image, cmap, (vmin, vmax)) in zip(axes[0], panels):
-        shown = ax.imshow(view(image), cmap=cmap, vmin=vmin, vmax=vmax)
-        if cmap != "gray":
-            fig.colorbar(shown, ax=ax, fraction=0.046)
-        ax.set_title(title, fontsize=8)
+    label = full.get("warped_label")
+    panels = [("moving", moving, "gray", None), ("fixed", fixed, "gray", None),
+              ("warped" + (" + warped label" if label is not None else ""), full["warped"], "gray", None),
+              ("|fixed − warped|", np.abs(fixed - full["warped"]), "magma", "intensity"),
+              ("|u|", np.linalg.norm(full["displacement"], axis=-1), "viridis", "voxels")]
+    panels += [(title, full[key], "viridis", unit) for key, title, unit in
+               (("log_var", "log σ² (noise)", "log intensity²"), ("weight", "SNR weight", "w")) if key in full]
+    fig, axes = plt.subplots(2, 4, figsize=(12, 6.4))
+    for ax in axes.flat:
         ax.axis("off")
+    for ax, (title, image, cmap, unit) in zip(axes.flat, panels):
+        shown = ax.imshow(view(image), cmap=cmap, **({"vmin": lo, "vmax": hi} if cmap == "gray" else {}))
+        if unit is not None:
+            bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+            bar.set_label(unit, fontsize=8)
+        if title.startswith("warped") and label is not None:
+            for value in (v for v in np.unique(view(label)) if v):
+                ax.contour((view(label) == value).astype(float), levels=[0.5], linewidths=0.8,
+                           colors=[plt.cm.tab10(int(value) % 10)])
+        ax.set_title(title, fontsize=10)
+    where = f"slice {depth // 2} of {depth} (last axis)" if depth else "2D"
+    fig.suptitle(f"registration overview: {where}" + (", the network's crop" if window else ""), fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
