@@ -173,11 +173,14 @@ def evaluate(trainer, state, pairs: Mapping, config, outdir: str | None = None, 
     return summary
 
 
-def validation_dice(trainer, state, pairs: Mapping, config) -> float:
-    """Mean Dice (%) over the first ``config.eval.val_pairs`` validation pairs (all if 0)."""
+def validation_dice(trainer, state, pairs: Mapping, config, on_prediction=None) -> float:
+    """Mean Dice (%) over the first ``config.eval.val_pairs`` validation pairs (all if 0);
+    ``on_prediction(subset, pred)`` sees the predictions (e.g. to draw them)."""
     n = pipeline.num_pairs(pairs)
     limit = config.eval.val_pairs or n
     subset = pipeline.take(pairs, np.arange(min(n, limit)))
     pred = predict_pairs(trainer, state, subset, config.eval.batch_size)
+    if on_prediction is not None:
+        on_prediction(subset, pred)
     rows, _, _ = pair_rows(subset, pred, config.eval.label_rule, config.eval.sparsification_steps)
     return float(np.nanmean([r["dice"] for r in rows])) if rows else math.nan

@@ -69,7 +69,18 @@ def _heart_box(*masks: np.ndarray) -> tuple[slice, slice]:
 
 
 def examples(pairs, pred: dict, path: str, count: int = EXAMPLE_PAIRS) -> str | None:
-    """Example registrations of up to ``count`` pairs spread over ``pairs`` (see the module doc)."""
+    """Save :func:`example_figure` to ``path``; None when there is no pair."""
+    fig = example_figure(pairs, pred, count)
+    if fig is None:
+        return None
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def example_figure(pairs, pred: dict, count: int = EXAMPLE_PAIRS):
+    """Example registrations of up to ``count`` pairs spread over ``pairs`` (see the module doc),
+    as a matplotlib figure (also sent to TensorBoard at each validation)."""
     n = len(pairs["pair_id"])
     if n == 0:
         return None
@@ -116,9 +127,7 @@ def examples(pairs, pred: dict, path: str, count: int = EXAMPLE_PAIRS) -> str | 
                (("red", "ED myocardium"), ("yellow", "ES myocardium"), ("cyan", "warped ED myocardium"))]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _view_field(field: np.ndarray) -> np.ndarray:

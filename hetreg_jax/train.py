@@ -193,7 +193,7 @@ def _train_steps(trainer: Trainer, state, start: int, splits: dict, config, work
     checkpoint of the current step and raises :class:`Interrupted`; a full disk raises a one-line
     ``OSError`` naming the last good checkpoint.
     """
-    from hetreg_jax import evaluation
+    from hetreg_jax import evaluation, figures
     from hetreg_jax.checkpointing import NoSpace
     from hetreg_jax.feed import Feed, chunk_end
     from hetreg_jax.writers import MetricWriter
@@ -229,7 +229,9 @@ def _train_steps(trainer: Trainer, state, start: int, splits: dict, config, work
                 if log:
                     say(progress.line(done, phase, measures))
                 if validate:
-                    dice = evaluation.validation_dice(trainer, state, splits["val"], config)
+                    def draw(pairs, pred, step=done):
+                        writer.figure(step, "validation/examples", figures.example_figure(pairs, pred))
+                    dice = evaluation.validation_dice(trainer, state, splits["val"], config, draw)
                     writer.write(done, {"val_dice": dice})
                     say(f"step {done}: validation Dice {dice:.2f}%")
                 if save:

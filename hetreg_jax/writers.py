@@ -42,6 +42,11 @@ class MetricWriter:
             for k, v in clean.items():
                 self._tb.add_scalar(k, v, int(step))
 
+    def figure(self, step: int, tag: str, fig) -> None:
+        """A matplotlib figure as a TensorBoard image (closed afterwards); nothing without TensorBoard."""
+        if self._tb is not None and fig is not None:
+            self._tb.add_figure(tag, fig, int(step), close=True)
+
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()

@@ -60,9 +60,9 @@ def test_training_loop_never_queues_more_than_the_bound(tmp_path, monkeypatch):
             depths.append(len(self))
 
     monkeypatch.setattr(sharding, "InFlight", Recording)
-    config = make_tiny_config(num_steps=20, log_every=20, checkpoint_every=20)
+    config = make_tiny_config(num_steps=12, log_every=12, checkpoint_every=12)
     train.train_and_evaluate(config, str(tmp_path / "run"))
-    assert len(depths) == 20 and max(depths) == sharding.MAX_IN_FLIGHT < 32
+    assert len(depths) == 12 and max(depths) == sharding.MAX_IN_FLIGHT < 32
 
 
 def test_many_steps_without_a_sync_on_two_cpu_devices_complete(tmp_path):
@@ -185,7 +185,7 @@ def test_read_only_disk_is_refused_before_any_work_and_eval_can_report_elsewhere
         report = str(tmp_path / "report")
         proc = cli.run(run, "--mode=eval", f"--out={report}")
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert sorted(os.listdir(report)) == ["test_metrics.json", "test_per_pair.csv"]
+        assert sorted(os.listdir(report)) == ["test_examples.png", "test_metrics.json", "test_per_pair.csv"]
         with open(os.path.join(report, "test_metrics.json")) as f, \
                 open(os.path.join(trained, "eval", "test_metrics.json")) as g:
             assert f.read() == g.read()

@@ -216,3 +216,25 @@ def test_train_and_evaluate_in_3d(tmp_path, tiny_config):
     for key in ("dice", "hd", "asd", "folding_percent", "sd_log_jacobian", "epe", "ause"):
         assert np.isfinite(summary[key]["mean"]), key
     assert 0 <= summary["dice"]["mean"] <= 100
+
+
+def test_validation_writes_dice_and_an_example_figure_to_tensorboard(tmp_path, tiny_config):
+    import glob
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(tiny_config(num_steps=4, log_every=2, checkpoint_every=4, eval_every=2), workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        assert [r["step"] for r in map(json.loads, f) if "val_dice" in r] == [2, 4]
+    images = []
+    for path in glob.glob(os.path.join(workdir, "tensorboard", "events*")):
+        data, i = open(path, "rb").read(), 0
+        while i < len(data):  # TFRecord framing: length, crc, event, crc
+            (length,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[i + 12:i + 12 + length])
+            i += 16 + length
+            images += [(event.step, v.tag) for v in event.summary.value if v.HasField("image")]
+    assert images == [(2, "validation/examples"), (4, "validation/examples")]
