@@ -3,12 +3,12 @@ from the host, one step per call.
 
 - **On the devices** (``data.on_device``: ``"auto"`` when it fits, or ``"device"``): the training
   split's images are placed once on every device (replicated); each call runs K =
-  ``steps_per_call`` iterations in one ``jax.lax.scan`` (:meth:`steps.Trainer.train_chunk`), each
+  ``steps_per_call`` iterations in one ``jax.lax.fori_loop`` (:meth:`steps.Trainer.train_chunk`), each
   gathering its batch on the devices from the indices that ``default_rng([seed, t])`` gives, the
   same indices as the host path. No host gather, no host-to-device copy and one dispatch per K steps.
   The loop's trip count is a run-time value, so every chunk length up to K runs the same compiled
-  program (one compilation) and gives the same floating-point results: K = 1 and K = 10 end with
-  bit-identical parameters.
+  program (one compilation) and gives the same floating-point results: K = 1 and K = 4 end with
+  bit-identical parameters (tested).
 - **On the host** (``"host"``; or ``"auto"`` when the split would take more than a quarter of one
   device's memory, or 2 GiB where the device does not report its memory; or ``"auto"`` on a CPU
   with ``steps_per_call=1``, where the "device" is the host and the copy a memcpy): numpy gathers
@@ -61,7 +61,7 @@ def placement(pairs: Mapping, config, mesh) -> tuple[bool, str]:
                        f"({'2 GiB' if limit_bytes is None else 'a quarter of one device'})")
     if mesh.devices.flat[0].platform == "cpu" and k == 1:
         return False, f"{what} kept on the host (a CPU run with steps_per_call=1), one step per call"
-    slow = (" (on XLA:CPU a loop of steps runs about 10x slower than single steps: keep steps_per_call=1"
+    slow = (" (on XLA:CPU a loop of steps runs 8-10x slower than single steps: keep steps_per_call=1"
             " there)" if mesh.devices.flat[0].platform == "cpu" and k > 1 else "")
     return True, f"{what} placed on every device, {k} step(s) per call{slow}"
 

@@ -17,24 +17,19 @@ from hetreg_jax.checkpointing import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS, CHECKPOINT_EVERY = 40, 4
-TINY_CONFIG = f'''"""32x32 phantoms, batches of 4, {NUM_STEPS} steps, a checkpoint every {CHECKPOINT_EVERY}."""
+TINY_CONFIG = f'''"""tests/tiny_config.py with the paper's network widths, {NUM_STEPS} steps, a checkpoint every {CHECKPOINT_EVERY}."""
 from configs import default
+from tests.tiny_config import get_config as tiny
 
 
 def get_config():
-    c = default.get_config()
-    c.data.image_size = (32, 32)
-    c.data.synthetic_subjects = 5
-    c.data.slices_per_subject = 2
-    c.batch_size = 4
+    c = tiny()
+    paper = default.get_config()
+    for net in ("motion", "variance"):
+        c[net].enc_features, c[net].dec_features = paper[net].enc_features, paper[net].dec_features
     c.num_steps = {NUM_STEPS}
     c.log_every = 4
     c.checkpoint_every = {CHECKPOINT_EVERY}
-    c.eval_every = 0
-    c.eval.batch_size = 4
-    c.eval.sparsification_steps = 10
-    c.optim.motion_lr = 1e-3
-    c.optim.variance_lr = 1e-3
     return c
 '''
 # absl / orbax log lines ("I1124 00:44:02.829983 1399... file.py:701] ..."), not part of the error report.

@@ -75,7 +75,7 @@ def test_auto_placement_and_its_reasons(monkeypatch):
                               "steps_per_call=1), one step per call")
     on_device, reason = place(k=10)
     assert on_device and reason.startswith("training data: 6 pairs (0.0 MiB) placed on every device, 10 step(s) "
-                                           "per call (on XLA:CPU a loop of steps runs about 10x slower")
+                                           "per call (on XLA:CPU a loop of steps runs 8-10x slower")
     assert place(mode="device")[0] and not place(mode="host")[0]
     monkeypatch.setattr(feed, "AUTO_LIMIT_BYTES", 1000)
     on_device, reason = place(k=10)
