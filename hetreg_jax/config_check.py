@@ -28,7 +28,7 @@ DATA_PLACEMENTS = ("auto", "device", "host")
 POSITIVE_INTS = ("num_steps", "steps_per_epoch", "batch_size", "steps_per_call", "log_every", "checkpoint_every",
                  "keep_checkpoints", "eval.batch_size", "data.slices_per_subject")
 NON_NEGATIVE_INTS = ("seed", "eval_every", "warm_start_epochs", "motion.int_steps", "eval.val_pairs")
-BOOLS = ("warm_start", "motion.bidirectional", "loss.use_mask")
+BOOLS = ("warm_start", "motion.bidirectional", "motion.predict_sigma", "loss.use_mask")
 
 
 def _get(config, key: str) -> Any:
@@ -98,6 +98,7 @@ def validate_config(config) -> None:
     _check_choice(config, "method", methods.METHODS)
     _check_choice(config, "optim.motion_schedule", MOTION_SCHEDULES)
     _check_choice(config, "loss.snr_form", losses.SNR_FORMS)
+    _check_choice(config, "loss.minmax_scope", losses.MINMAX_SCOPES)
     _check_choice(config, "eval.label_rule", LABEL_RULES)
     _check_choice(config, "data.dataset", synthetic.KINDS)
     _check_choice(config, "data.on_device", DATA_PLACEMENTS)
@@ -112,6 +113,23 @@ def validate_config(config) -> None:
     _check_number(config, "loss.smooth_weight", 0.0)
     _check_number(config, "loss.reg_scale", 0.0)
     _check_int(config, "loss.mi_bins", 2)
+    _check_number(config, "loss.adareg_c", 0.0, note="adareg's c in exp(-c * |r(x)| * mean|r|); 0 = plain MSE + lambda R")
+    _check_number(config, "loss.adaframe_sigma", 0.0, low_open=True,
+                  note="adaframe's sigma in exp(-|r(x)| / (sigma * mean|r|))")
+    if methods.get_method(config.method).adaptive and config.model == "voxelmorph" and config.motion.bidirectional:
+        raise _refuse("motion.bidirectional", True,
+                      f"False with method={config.method!r} (its residual weights are defined for one direction)")
+    _check_number(config, "loss.sigma_z_weight", 0.0, low_open=True,
+                  note="alpha of the sigma_z prior term; 0 would let sigma_z collapse to 0")
+    _check_number(config, "loss.image_sigma", 0.0, low_open=True, note="vxm_diff's image noise std")
+    _check_number(config, "loss.prior_lambda", 0.0, low_open=True, note="vxm_diff's prior precision")
+    if config.method == "vxm_diff" and (config.model != "voxelmorph" or config.motion.int_steps == 0):
+        raise _refuse("method", config.method,
+                      "'vxm_diff' needs model='voxelmorph' with motion.int_steps > 0 (a diffeomorphic velocity)")
+    if config.motion.predict_sigma and config.method == "vxm_diff":
+        raise _refuse("motion.predict_sigma", True, "False with method='vxm_diff' (it has its own velocity sigma)")
+    if config.motion.predict_sigma and config.model == "voxelmorph" and config.motion.bidirectional:
+        raise _refuse("motion.predict_sigma", True, "False with motion.bidirectional=True (one sampled direction only)")
     window = config.loss.ncc_window
     if not _is_int(window) or window < 1 or window % 2 == 0:
         raise _refuse("loss.ncc_window", window, "an odd whole number >= 1")
@@ -134,6 +152,7 @@ def validate_config(config) -> None:
             not all(_is_int(n) and n >= 1 for n in size):
         raise _refuse("data.image_size", size, "2 or 3 whole numbers >= 1, e.g. (128, 128) or (64, 64, 64)")
     _check_int(config, "data.synthetic_subjects", 3)
+    _check_number(config, "data.noise_scale", 0.0, note="multiplies the phantoms' noise std; 0 = noise-free")
     root = config.data.root
     if root is not None and (not isinstance(root, str) or not root.strip()):
         raise _refuse("data.root", root, "a folder path, or None for the built-in phantoms")

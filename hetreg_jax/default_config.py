@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0                      # one seed for initialisation, data order and phantoms
     c.model = "voxelmorph"          # displacement estimator: "voxelmorph" or "transmorph"
-    c.method = "ours"               # "ours" (SNR-weighted MSE + beta-NLL variance net), "mse", "ncc", "mi"
+    c.method = "ours"               # "ours" (SNR-weighted MSE + beta-NLL variance net) or a baseline: see methods.METHODS
     c.num_steps = 30_000            # training steps (paper: 300 epochs of 100 steps)
     c.steps_per_epoch = 100         # an "epoch" = this many random batches drawn with replacement
     c.batch_size = 8                # global batch (pairs per step), split over all devices
@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.motion.int_steps = 7          # scaling-and-squaring steps (0 = not diffeomorphic)
     c.motion.int_downsize = 2       # the velocity is integrated at 1/int_downsize resolution
     c.motion.bidirectional = False  # also warp ES -> ED with the negated velocity (each weighs 0.5)
+    c.motion.predict_sigma = False  # + a log sigma_z^2 head: z ~ N(mu_z, sigma_z^2 I) sampled in training (Sec. 5.3)
 
     c.transmorph = ml_collections.ConfigDict()
     c.transmorph.embed_dim = 96     # Swin embedding width (decoder widths follow it)
@@ -54,9 +55,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss.smooth_weight = 0.01     # lambda of the smoothness regulariser
     c.loss.reg_scale = 1.0          # extra factor on the regulariser (authors' code: int_downsize = 2)
     c.loss.snr_form = "paper"       # "paper" (I_f^2/sigma^2)^gamma or "reference" (I_f/sigma^2)^gamma
+    c.loss.minmax_scope = "mask"    # SNR min/max over "tensor" (masked-out SNR = 0, authors' code) or "mask" only
     c.loss.use_mask = True          # restrict residuals, log-variance and weights to the foreground
     c.loss.ncc_window = 9           # window of the NCC baseline
     c.loss.mi_bins = 32             # histogram bins of the MI baseline
+    c.loss.adareg_c = 5.0           # adareg: regulariser weight exp(-c * |r(x)| * mean|r|) (reference code's 5)
+    c.loss.adaframe_sigma = 1.0     # adaframe: data weight exp(-|r(x)| / (sigma * mean|r|)), R weight 1 - that
+    c.loss.sigma_z_weight = 1e-3    # alpha of alpha * mean(sigma_z^2 - log sigma_z^2) (motion.predict_sigma)
+    c.loss.image_sigma = 0.02       # vxm_diff: image term mean(r^2) / image_sigma^2 (Dalca et al. 2018)
+    c.loss.prior_lambda = 10.0      # vxm_diff: lambda of the Laplacian-precision prior in the KL
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "acdc"         # "acdc", "camus", "echo3d": phantom kind; with a root, breaks layout ties
@@ -64,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.image_size = (128, 128)  # network input size (2D or 3D)
     c.data.synthetic_subjects = 40  # number of phantom subjects (split 60/20/20 by subject)
     c.data.slices_per_subject = 3   # short-axis slices per ACDC-like phantom subject
+    c.data.noise_scale = 1.0        # phantoms: multiplies the noise std (Rician sigma / speckle std); 0 = noise-free
     c.data.on_device = "auto"       # training images on the devices: "auto" (when they fit), "device", "host"
 
     c.eval = ml_collections.ConfigDict()

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 SNR_FORMS = ("paper", "reference")
+MINMAX_SCOPES = ("tensor", "mask")
 
 # σ² is floored at exp(-_LOG_VAR_FLOOR) inside the SNR so that I_f² / σ² never overflows to
 # inf (or becomes 0 · inf = nan where I_f = 0). exp(80) ≈ 5.5e34 is below float32's max.
@@ -102,13 +103,24 @@ def motion_loss(fixed: jax.Array, warped: jax.Array, field: jax.Array,
 # ---------------------------------------------------------------------------------------------
 # SNR weighting map
 # ---------------------------------------------------------------------------------------------
-def minmax(x: jax.Array, mask: jax.Array | None = None, eps: float = 1e-8) -> jax.Array:
+def minmax(x: jax.Array, mask: jax.Array | None = None, eps: float = 1e-8,
+           scope: str = "mask") -> jax.Array:
     """`(x − min) / (max − min + eps)`, min and max taken over the whole batch tensor.
 
-    With a mask, min and max run over masked-in elements only and masked-out elements are set
-    to 0. An all-zero mask gives all zeros. A constant tensor gives all zeros.
+    Without a mask both scopes are the same. With a mask:
+    - `scope="tensor"` (the authors' code): `x` is multiplied by the mask first, so masked-out
+      elements enter as exactly 0, and min and max run over the whole tensor (the minimum is
+      ≤ 0 whenever an element is masked out). Masked-out outputs are `(0 − min) / (max − min +
+      eps)`, not zeroed (the caller multiplies by the mask, as `snr_weight` does).
+    - `scope="mask"`: min and max run over masked-in elements only; masked-out outputs are 0.
+      An all-zero mask gives all zeros.
+    A constant tensor gives all zeros.
     """
-    if mask is None:
+    if scope not in MINMAX_SCOPES:
+        raise ValueError(f"unknown minmax scope {scope!r}; allowed values: {MINMAX_SCOPES}")
+    if mask is None or scope == "tensor":
+        if mask is not None:
+            x = jnp.broadcast_to(mask, x.shape) * x
         lo, hi = jnp.min(x), jnp.max(x)
         return (x - lo) / (hi - lo + eps)
     inside = jnp.broadcast_to(mask, x.shape) > 0
@@ -139,20 +151,95 @@ def snr(fixed: jax.Array, log_var: jax.Array, gamma: float | jax.Array,
 
 
 def snr_weight(fixed: jax.Array, log_var: jax.Array, gamma: float | jax.Array,
-               form: str = "paper", mask: jax.Array | None = None) -> jax.Array:
-    """Weight map `w = stop_gradient(sigmoid(minmax(SNR^γ, mask))) · mask` of Eq. 4.
+               form: str = "paper", mask: jax.Array | None = None,
+               scope: str = "mask") -> jax.Array:
+    """Weight map `w = stop_gradient(sigmoid(minmax(SNR^γ, mask, scope))) · mask` of Eq. 4.
 
     A constant for the motion update: no gradient reaches `fixed`, `log_var` (hence φ) or `mask`.
-    Masked-in weights lie in [sigmoid(0), sigmoid(1)] = [0.5, 0.7311]: the lowest-SNR element gets
-    0.5, the highest 0.7311; masked-out elements get 0. γ = 0 gives the constant 0.5 (times mask).
+    Masked-in weights lie in [sigmoid(0), sigmoid(1)] = [0.5, 0.7311]; masked-out elements get 0.
+    With `scope="mask"` the lowest-SNR masked-in element gets 0.5 and the highest 0.7311; with
+    `scope="tensor"` (the authors' code: `sigmoid(minmax(SNR^γ · mask)) · mask` over the whole
+    tensor) the 0.5 goes to SNR 0, the floor whenever any element is masked out. γ = 0 gives a
+    constant weight on the mask in both scopes: 0.5 with `"mask"`, and with `"tensor"`
+    sigmoid(1) = 0.7311 when some element is masked out (SNR^0 = 1 inside, 0 outside), 0.5 when
+    none is.
     """
     fixed, log_var = jax.lax.stop_gradient(fixed), jax.lax.stop_gradient(log_var)
     if mask is not None:
         mask = jax.lax.stop_gradient(mask)
-    weight = jax.nn.sigmoid(minmax(snr(fixed, log_var, gamma, form), mask))
+    weight = jax.nn.sigmoid(minmax(snr(fixed, log_var, gamma, form), mask, scope=scope))
     if mask is not None:
         weight = weight * mask
     return jax.lax.stop_gradient(weight)
+
+
+# ---------------------------------------------------------------------------------------------
+# Residual-adaptive weights (the AdaReg and AdaFrame baselines)
+# ---------------------------------------------------------------------------------------------
+def residual_stats(fixed: jax.Array, warped: jax.Array,
+                   mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Local and global residual `(δ, δ̄)` of the AdaReg / AdaFrame weights.
+
+    `δ(x) = Σ_c m(x)·|I_f − Î_f|(x, c)` `[B, *S, 1]` (summed over channels, as the reference
+    code); `δ̄` `[B, 1, …, 1]` its mean per sample over the foreground voxels,
+    `Σ_x δ(x) / max(Σ_x m(x), 1)` (over all voxels without a mask).
+    """
+    delta = jnp.abs(fixed - warped)
+    axes = tuple(range(1, delta.ndim - 1))
+    if mask is None:
+        count = float(np.prod(delta.shape[1:-1]))
+    else:
+        m = jnp.broadcast_to(mask, delta.shape)
+        delta = m * delta
+        count = jnp.maximum(jnp.sum(m[..., :1], axis=axes, keepdims=True), 1.0)
+    delta = jnp.sum(delta, axis=-1, keepdims=True)
+    return delta, jnp.sum(delta, axis=axes, keepdims=True) / count
+
+
+def adareg_weight(fixed: jax.Array, warped: jax.Array, c: float = 5.0,
+                  mask: jax.Array | None = None) -> jax.Array:
+    """AdaReg regulariser weight `w_R(x) = stop_gradient(exp(−c · δ(x) · δ̄))` `[B, *S, 1]`.
+
+    `δ`, `δ̄` from `residual_stats`. Exactly 1 where δ(x) = 0, decreasing in δ(x) and in δ̄;
+    a constant for the update (no gradient reaches the images or the displacement through it).
+    """
+    delta, mean = residual_stats(jax.lax.stop_gradient(fixed), jax.lax.stop_gradient(warped), mask)
+    return jax.lax.stop_gradient(jnp.exp(-c * delta * mean))
+
+
+def adaframe_weights(fixed: jax.Array, warped: jax.Array, sigma: float = 1.0,
+                     mask: jax.Array | None = None, eps: float = 1e-8
+                     ) -> tuple[jax.Array, jax.Array]:
+    """AdaFrame data and regulariser weights `(α, 1 − α)`, `α(x) = sg(exp(−δ(x) / (σ·δ̄ + eps)))`.
+
+    `δ`, `δ̄` from `residual_stats`. α is 1 where δ(x) = 0 and decreases with δ(x) / δ̄ (a voxel
+    at the mean residual gets exp(−1/σ)); the regulariser weight 1 − α is its complement. Both
+    are constants for the update (stop-gradient).
+    """
+    delta, mean = residual_stats(jax.lax.stop_gradient(fixed), jax.lax.stop_gradient(warped), mask)
+    alpha = jax.lax.stop_gradient(jnp.exp(-delta / (sigma * mean + eps)))
+    return alpha, 1.0 - alpha
+
+
+def weighted_smoothness(field: jax.Array, weight: jax.Array) -> jax.Array:
+    """`smoothness` with a per-voxel weight: for each axis k, `mean(w(x + e_k) · (f(x + e_k) − f(x))²)`.
+
+    The forward difference between voxels x and x + e_k is multiplied by the weight of its far
+    end x + e_k (the reference AdaReg code's indexing of its smoothness weights); the mean runs
+    over all elements of the difference tensor (channels included) and the ndim axis means are
+    averaged, so a weight of 1 gives `smoothness(field)`. `weight` `[B, *S', 1]` on another grid
+    than the field (the half-resolution velocity) is first resampled to the field's grid by
+    linear interpolation with aligned corners (`spatial.resize_to`, as VoxelMorph resizes the
+    velocity).
+    """
+    from hetreg_jax import spatial
+
+    ndim = field.ndim - 2
+    if tuple(weight.shape[1:-1]) != tuple(field.shape[1:-1]):
+        weight = spatial.resize_to(weight, field.shape[1:-1])
+    per_axis = [jnp.mean(jax.lax.slice_in_dim(weight, 1, None, axis=1 + k)
+                         * jnp.square(jnp.diff(field, axis=1 + k))) for k in range(ndim)]
+    return sum(per_axis) / ndim
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,3 +367,48 @@ def mutual_information(fixed: jax.Array, warped: jax.Array, bins: int = 32,
     pa_pb = p_a[:, :, None] * p_b[:, None, :] + 1e-6
     mi = jnp.sum(p_ab * jnp.log(p_ab / pa_pb + 1e-6), axis=(1, 2))
     return -jnp.mean(mi)
+
+
+# ---------------------------------------------------------------------------------------------
+# Displacement uncertainty: the sigma_z model (paper, Section 5.3) and vxm-diff (Dalca et al.)
+# ---------------------------------------------------------------------------------------------
+def reparameterize(mean: jax.Array, log_var: jax.Array, noise: jax.Array) -> jax.Array:
+    """`mean + exp(½ log_var) · noise` (the reparameterisation trick; `noise` ~ N(0, I)).
+
+    `log_var` broadcasts against `mean` (one channel for an isotropic σ_z on an `ndim`-channel
+    field). Gradients reach `mean` and `log_var`; `noise` is a constant.
+    """
+    return mean + jnp.exp(0.5 * log_var) * jax.lax.stop_gradient(noise)
+
+
+def sigma_z_prior(log_var: jax.Array) -> jax.Array:
+    """`mean(σ² − log σ²)` over all elements, `σ² = exp(log_var)`: the σ part of the KL divergence
+    of N(μ, σ²) from a unit-variance prior, ×2 and without the constant −1. Minimum 1 at σ = 1."""
+    return jnp.mean(jnp.exp(log_var) - log_var)
+
+
+def degree_matrix(shape: tuple[int, ...]) -> np.ndarray:
+    """Number of grid neighbours (±1 along each axis, inside the grid) of every voxel of `shape`:
+    `2 · ndim` in the interior, one less per touched border (VoxelMorph KL's `D`)."""
+    degree = np.zeros(shape, np.float32)
+    for axis, n in enumerate(shape):
+        index = np.arange(n)
+        count = (index > 0).astype(np.float32) + (index < n - 1)
+        degree += count.reshape([-1 if a == axis else 1 for a in range(len(shape))])
+    return degree
+
+
+def vxm_diff_kl(mean: jax.Array, log_var: jax.Array, prior_lambda: float) -> jax.Array:
+    """VoxelMorph's `KL` loss of the velocity posterior N(μ, diag σ²) against the prior
+    N(0, Λ⁻¹), Λ = λ (D − A) (λ = `prior_lambda`, D the degree matrix, A the grid adjacency).
+
+    `mean`, `log_var`: `[B, *S, ndim]` (log_var is log σ²). Per the reference:
+    `KL = ½ · ndim · ( mean(λ · D · σ² − log σ²) + λ · ½ · smoothness(μ) )`, with
+    `smoothness` the mean squared forward difference averaged over the axes (`μᵀ(D − A)μ`
+    summed over edges, as a mean). Constants (−1, log-determinants) are dropped.
+    """
+    degree = jnp.asarray(degree_matrix(tuple(mean.shape[1:-1])))[None, ..., None]
+    ndim = mean.ndim - 2
+    sigma_term = jnp.mean(prior_lambda * degree * jnp.exp(log_var) - log_var)
+    prec_term = prior_lambda * 0.5 * smoothness(mean)
+    return 0.5 * ndim * (sigma_term + prec_term)

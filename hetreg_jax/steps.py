@@ -36,14 +36,15 @@ def motion_model_kwargs(config) -> dict:
     if config.model == "voxelmorph":
         m = config.motion
         return dict(enc_features=tuple(m.enc_features), dec_features=tuple(m.dec_features),
-                    int_steps=m.int_steps, int_downsize=m.int_downsize, bidirectional=m.bidirectional)
+                    int_steps=m.int_steps, int_downsize=m.int_downsize, bidirectional=m.bidirectional,
+                    predict_sigma=m.predict_sigma, probabilistic=config.method == "vxm_diff")
     if config.model == "transmorph":
         from hetreg_jax.models.transmorph import transmorph_config, validate_input
         size = tuple(config.data.image_size)
         kwargs = transmorph_config(len(size), size)
         t = config.transmorph
         kwargs.update(embed_dim=t.embed_dim, depths=tuple(t.depths), num_heads=tuple(t.num_heads),
-                      drop_path_rate=t.drop_path_rate)
+                      drop_path_rate=t.drop_path_rate, predict_sigma=config.motion.predict_sigma)
         if tuple(t.window_size) != (0,):
             kwargs["window_size"] = tuple(t.window_size)
         validate_input(size, kwargs)
@@ -68,6 +69,15 @@ def motion_schedule(config) -> optax.Schedule | float:
         return schedule
     raise ValueError(f"config.optim.motion_schedule={config.optim.motion_schedule!r}; "
                      "known: 'auto', 'constant', 'poly'")
+
+
+def velocity_sigma_to_displacement(log_var_v: jax.Array, shape, int_downsize: int) -> jax.Array:
+    """vxm-diff's per-component velocity sigma as a per-voxel displacement sigma ``[B, *shape, 1]``
+    comparable with the isotropic sigma_z: the RMS over the components of
+    ``int_downsize * upsample(exp(½ log sigma_v²))``. The integration's linearisation is taken as the
+    identity (exp(v) ≈ v for small fields) and the upsampling's averaging is ignored."""
+    sigma = spatial.resize_to(jnp.exp(0.5 * jnp.clip(log_var_v, *LOG_VAR_RANGE)), tuple(shape)) * int_downsize
+    return jnp.sqrt(jnp.mean(jnp.square(sigma), axis=-1, keepdims=True))
 
 
 class Trainer:
@@ -147,10 +157,12 @@ class Trainer:
         return self._iterations[phase]
 
     # ----------------------------------------------------------------------------- forward
-    def _motion_apply(self, params, moving, fixed, rng=None):
+    def _motion_apply(self, params, moving, fixed, rng=None, velocity_noise=None):
         kwargs = {}
         if self.config.model == "transmorph":
             kwargs = dict(train=rng is not None, rngs={"dropout": rng} if rng is not None else None)
+        if velocity_noise is not None:
+            kwargs["velocity_noise"] = velocity_noise
         out = self.motion_model.apply({"params": params}, moving, fixed, **kwargs)
         if not isinstance(out, dict):
             out = {"displacement": out, "velocity": out}
@@ -173,20 +185,53 @@ class Trainer:
         elif weighted:
             log_var = self._log_var(variance_params, jax.lax.stop_gradient(warped), target)
             cfg = self.config.loss
-            weight = losses.snr_weight(target, log_var, cfg.gamma, form=cfg.snr_form, mask=mask)
+            weight = losses.snr_weight(target, log_var, cfg.gamma, form=cfg.snr_form, mask=mask,
+                                       scope=cfg.minmax_scope)
         return methods.similarity(self.method, self.config.loss, target, warped, weight, mask, log_var)
 
+    def _velocity_noise(self, rng, moving):
+        """N(0, I) of the velocity's shape (vxm-diff's sampled velocity), from ``rng``."""
+        down = self.config.motion.int_downsize
+        shape = tuple(max(1, int(round(n / down))) for n in moving.shape[1:-1])
+        return jax.random.normal(rng, (moving.shape[0], *shape, self.ndim), moving.dtype)
+
     def _motion_loss(self, motion_params, variance_params, batch, rng, weighted):
+        """Motion loss; ``rng`` (the step's key) seeds dropout (TransMorph) and, folded with 1, the
+        displacement / velocity samples of the sigma_z model and vxm-diff."""
         moving, fixed = batch["moving"], batch["fixed"]
-        out = self._motion_apply(motion_params, moving, fixed, rng)
-        sim = self._direction_loss(variance_params, moving, fixed, out["displacement"], weighted)
+        cfg = self.config.loss
+        sample_rng = jax.random.fold_in(rng, 1) if rng is not None else None
+        noise = None
+        if self.method.probabilistic and sample_rng is not None:
+            noise = self._velocity_noise(sample_rng, moving)
+        out = self._motion_apply(motion_params, moving, fixed,
+                                 rng if self.config.model == "transmorph" else None, velocity_noise=noise)
+        disp = out["displacement"]
+        if "log_var_z" in out:  # z ~ N(mu_z, sigma_z^2 I) by the reparameterisation trick (Section 5.3)
+            log_var_z = jnp.clip(out["log_var_z"], *LOG_VAR_RANGE)
+            if sample_rng is not None:
+                disp = losses.reparameterize(disp, log_var_z, jax.random.normal(sample_rng, disp.shape, disp.dtype))
+        if self.method.adaptive:  # AdaReg / AdaFrame: residual-weighted data term and regulariser
+            sim, reg = methods.adaptive_terms(self.method, cfg, fixed, spatial.warp(moving, disp),
+                                              out["velocity"], self._mask(moving, fixed))
+        else:
+            sim = self._direction_loss(variance_params, moving, fixed, disp, weighted)
+            reg = losses.smoothness(out["velocity"])
         if self.bidirectional:
             back = self._direction_loss(variance_params, fixed, moving, out["inverse_displacement"], weighted)
             sim = 0.5 * (sim + back)
-        reg = losses.smoothness(out["velocity"])
-        cfg = self.config.loss
-        total = sim + cfg.smooth_weight * cfg.reg_scale * reg
-        return total, {"motion_loss": total, "similarity": sim, "smoothness": reg}
+        measures = {"similarity": sim, "smoothness": reg}
+        if self.method.probabilistic:  # vxm-diff: the KL replaces lambda * R
+            measures["kl"] = losses.vxm_diff_kl(out["velocity"], out["velocity_log_var"], cfg.prior_lambda)
+            total = sim + measures["kl"]
+        else:
+            total = sim + cfg.smooth_weight * cfg.reg_scale * reg
+        if "log_var_z" in out:
+            measures["sigma_z_prior"] = losses.sigma_z_prior(log_var_z)
+            measures["sigma_z_rms"] = jnp.sqrt(jnp.mean(jnp.exp(log_var_z)))
+            total = total + cfg.sigma_z_weight * measures["sigma_z_prior"]
+        measures["motion_loss"] = total
+        return total, measures
 
     # ----------------------------------------------------------------------------- steps
     def _dropout_rng(self, step):
@@ -194,7 +239,7 @@ class Trainer:
 
     def _motion_step(self, state: ts.TrainState, batch, weighted: bool = True):
         """Update theta only; phi is read (for the weight map) but never changed."""
-        rng = self._dropout_rng(state.step) if self.config.model == "transmorph" else None
+        rng = self._dropout_rng(state.step)
         grad_fn = jax.value_and_grad(self._motion_loss, has_aux=True)
         (_, measures), grads = grad_fn(state.motion_params, state.variance_params, batch, rng, weighted)
         updates, opt_state = self.motion_tx.update(grads, state.motion_opt_state, state.motion_params)
@@ -221,7 +266,7 @@ class Trainer:
 
     def _joint_step(self, state: ts.TrainState, batch):
         """NLL / beta-NLL baselines: one loss, differentiated w.r.t. both parameter trees."""
-        rng = self._dropout_rng(state.step) if self.config.model == "transmorph" else None
+        rng = self._dropout_rng(state.step)
         grad_fn = jax.value_and_grad(self._motion_loss, argnums=(0, 1), has_aux=True)
         (_, measures), (g_motion, g_var) = grad_fn(state.motion_params, state.variance_params, batch, rng, False)
         m_updates, m_opt = self.motion_tx.update(g_motion, state.motion_opt_state, state.motion_params)
@@ -273,9 +318,15 @@ class Trainer:
     def _predict(self, state: ts.TrainState, batch):
         """Inference on a batch: displacement, warped image and label, and log-variance if any."""
         moving, fixed = batch["moving"], batch["fixed"]
-        disp = self._motion_apply(state.motion_params, moving, fixed)["displacement"]
+        motion = self._motion_apply(state.motion_params, moving, fixed)
+        disp = motion["displacement"]  # the mean mu_z (sigma_z model) or the mean velocity's (vxm-diff)
         warped = spatial.warp(moving, disp)
         out = {"displacement": disp, "warped": warped}
+        if "log_var_z" in motion:  # sigma_z in voxels, [B, *S, 1]
+            out["sigma_z"] = jnp.exp(0.5 * jnp.clip(motion["log_var_z"], *LOG_VAR_RANGE))
+        if "velocity_log_var" in motion:
+            out["sigma_z"] = velocity_sigma_to_displacement(motion["velocity_log_var"], moving.shape[1:-1],
+                                                            self.config.motion.int_downsize)
         if "moving_myo" in batch:
             out["warped_myo"] = spatial.warp(batch["moving_myo"], disp)
         if self.variance_model is not None:
@@ -283,5 +334,6 @@ class Trainer:
             out["log_var"] = log_var
         if self.variance_model is not None and not self.method.joint:  # the weight "ours" trains with
             out["weight"] = losses.snr_weight(fixed, log_var, self.config.loss.gamma,
-                                              form=self.config.loss.snr_form, mask=self._mask(moving, fixed))
+                                              form=self.config.loss.snr_form, mask=self._mask(moving, fixed),
+                                              scope=self.config.loss.minmax_scope)
         return out

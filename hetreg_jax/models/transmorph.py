@@ -20,6 +20,11 @@ Structure (the reference's, with ``E = embed_dim`` and ``L = len(depths)`` stage
 
 Sizes: every spatial size must be a multiple of ``patch_size · 2**(L-1)`` (32 for the paper's
 configuration); see :func:`validate_input`.
+
+Precision and memory: ``dtype`` (e.g. ``jnp.bfloat16``) is the compute dtype of the encoder, the skips
+and the decoder (convolutions, Dense layers, attention, norms); the heads run in float32 on the
+decoder output cast to float32, so the displacement is float32; parameters are float32. ``remat``
+rematerialises each Swin block (see ``swin.py``) and each decoder block.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from hetreg_jax.models.swin import SwinEncoder, torch_default_init
+from hetreg_jax.models.voxelmorph import SIGMA_Z_INIT_LOG_VAR
 
 IN_EPS = 1e-5
 LEAKY_SLOPE = 0.01
@@ -108,14 +114,15 @@ class ConvNormAct(nn.Module):
     """3×3 conv (no bias, zero padding 1) → InstanceNorm (no affine, eps 1e-5) → LeakyReLU(0.01)."""
 
     features: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         nd = x.ndim - 2
         x = nn.Conv(self.features, (3,) * nd, padding=1, use_bias=False, kernel_init=torch_default_init,
-                    name="conv")(x)
+                    dtype=self.dtype, param_dtype=jnp.float32, name="conv")(x)
         x = nn.InstanceNorm(epsilon=IN_EPS, use_bias=False, use_scale=False, use_fast_variance=False,
-                            name="norm")(x)
+                            dtype=self.dtype, name="norm")(x)
         return nn.leaky_relu(x, LEAKY_SLOPE)
 
 
@@ -123,12 +130,13 @@ class DecoderBlock(nn.Module):
     """Upsample ×2 → concatenate ``[x, skip]`` → two :class:`ConvNormAct` of ``features`` channels."""
 
     features: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
-        x = jnp.concatenate([upsample2x(x), skip], axis=-1)
-        x = ConvNormAct(self.features, name="conv1")(x)
-        return ConvNormAct(self.features, name="conv2")(x)
+        x = jnp.concatenate([upsample2x(x).astype(self.dtype), skip.astype(self.dtype)], axis=-1)
+        x = ConvNormAct(self.features, self.dtype, name="conv1")(x)
+        return ConvNormAct(self.features, self.dtype, name="conv2")(x)
 
 
 class TransMorph(nn.Module):
@@ -148,6 +156,9 @@ class TransMorph(nn.Module):
     drop_path_rate: float = 0.3
     qkv_bias: bool = False
     reg_head_chan: int = 16
+    dtype: Any = jnp.float32   # compute dtype of encoder and decoder (bfloat16: mixed precision)
+    remat: bool = False        # rematerialise each Swin block and decoder block in the backward pass
+    predict_sigma: bool = False  # also return {"displacement", "velocity", "log_var_z"} (a dict)
 
     @nn.compact
     def __call__(self, moving: jax.Array, fixed: jax.Array, train: bool = False) -> jax.Array:
@@ -160,15 +171,23 @@ class TransMorph(nn.Module):
                                      num_heads=self.num_heads, embed_dim=self.embed_dim))
         window = (self.window_size,) * nd if isinstance(self.window_size, int) else tuple(self.window_size)
         feats = SwinEncoder(self.patch_size, self.embed_dim, tuple(self.depths), tuple(self.num_heads), window,
-                            self.mlp_ratio, self.qkv_bias, self.drop_path_rate, name="transformer")(
-                                x, deterministic=not train)
-        f4 = ConvNormAct(self.embed_dim // 2, name="c1")(avg_pool_3s2(x))
-        f5 = ConvNormAct(self.reg_head_chan, name="c2")(x)
+                            self.mlp_ratio, self.qkv_bias, self.drop_path_rate, dtype=self.dtype,
+                            remat=self.remat, name="transformer")(x, deterministic=not train)
+        f4 = ConvNormAct(self.embed_dim // 2, self.dtype, name="c1")(avg_pool_3s2(x))
+        f5 = ConvNormAct(self.reg_head_chan, self.dtype, name="c2")(x)
         skips = feats[-2::-1] + [f4, f5]
         widths = [self.embed_dim * 2**i for i in reversed(range(len(self.depths) - 1))]
         widths += [self.embed_dim // 2, self.reg_head_chan]
         y = feats[-1]
+        decoder_block = nn.remat(DecoderBlock) if self.remat else DecoderBlock
         for j, (width, skip) in enumerate(zip(widths, skips)):
-            y = DecoderBlock(width, name=f"up{j}")(y, skip)
-        return nn.Conv(nd, (3,) * nd, padding=1, kernel_init=nn.initializers.normal(FLOW_INIT_STD),
+            y = decoder_block(width, self.dtype, name=f"up{j}")(y, skip)
+        y = y.astype(jnp.float32)  # the heads and the displacement are float32
+        flow = nn.Conv(nd, (3,) * nd, padding=1, kernel_init=nn.initializers.normal(FLOW_INIT_STD),
                        bias_init=nn.initializers.zeros, name="reg_head")(y)
+        if not self.predict_sigma:
+            return flow
+        # log σ_z² of an isotropic Gaussian on the displacement (paper, Section 5.3): σ_z starts at 0.1 voxel
+        log_var_z = nn.Conv(1, (3,) * nd, padding=1, kernel_init=nn.initializers.normal(FLOW_INIT_STD),
+                            bias_init=nn.initializers.constant(SIGMA_Z_INIT_LOG_VAR), name="log_sigma_z")(y)
+        return {"displacement": flow, "velocity": flow, "log_var_z": log_var_z}

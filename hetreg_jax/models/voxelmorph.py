@@ -11,11 +11,23 @@ that resolution gives a displacement that is resized back by ``int_downsize`` (v
 ``int_downsize``). ``int_downsize = 1`` integrates at full resolution. With ``int_steps == 0`` the
 head output is the displacement and ``velocity`` is that same field (``int_downsize`` is ignored, as
 in the reference). The regulariser acts on ``velocity``.
+
+Uncertainty heads (optional, each a ``3**ndim`` conv on the U-Net features beside the flow head):
+
+* ``predict_sigma``: one channel ``log_var_z = log σ_z²`` ``[B, *S, 1]`` of an isotropic Gaussian
+  on the full-resolution *displacement* (Section 5.3 of the paper; the training step samples
+  ``z = displacement + σ_z ε``). Weights N(0, 1e-5), bias ``SIGMA_Z_INIT_LOG_VAR`` = 2 log 0.1, so
+  σ_z starts at 0.1 voxel.
+* ``probabilistic`` (vxm-diff, Dalca et al. 2018): ``ndim`` channels ``velocity_log_var`` = log σ_v²
+  per component of the *velocity*, resized with the mean to the velocity's resolution (values not
+  rescaled: the network learns them there). Weights N(0, 1e-10), bias −10, as the reference's
+  ``flow_logsigma``. Given ``velocity_noise`` (standard normal, the velocity's shape) the sampled
+  ``velocity + exp(½ log σ_v²) · velocity_noise`` is integrated instead of the mean.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -25,6 +37,8 @@ from hetreg_jax import spatial
 from hetreg_jax.models.unet import DEC_FEATURES, ENC_FEATURES, UNet, conv_layer
 
 FLOW_INIT_STDDEV = 1e-5
+SIGMA_Z_INIT_LOG_VAR = 2.0 * -2.302585092994046  # log(0.1²): σ_z starts at 0.1 voxel
+VXM_DIFF_LOG_VAR_INIT = (1e-10, -10.0)  # the reference's flow_logsigma init: weights N(0, 1e-10), bias -10
 
 
 class VoxelMorph(nn.Module):
@@ -41,6 +55,10 @@ class VoxelMorph(nn.Module):
     int_steps: int = 7
     int_downsize: int = 2
     bidirectional: bool = False
+    dtype: Any = jnp.float32      # U-Net compute dtype (bfloat16: mixed precision); heads stay float32
+    remat: bool = False           # rematerialise each U-Net level in the backward pass
+    predict_sigma: bool = False   # + log σ_z² head on the displacement (one channel)
+    probabilistic: bool = False   # vxm-diff: + log σ_v² head on the velocity (ndim channels)
 
     def _flow_head(self, features: jax.Array, ndim: int) -> jax.Array:
         return conv_layer(ndim, ndim, features.shape[-1], name="flow",
@@ -52,8 +70,14 @@ class VoxelMorph(nn.Module):
         field = spatial.integrate_velocity(velocity, self.int_steps)
         return spatial.resize_field(field, float(self.int_downsize))
 
+    def _log_var_head(self, features, channels, stddev, bias, name):
+        return conv_layer(channels, features.ndim - 2, features.shape[-1], name=name,
+                          kernel_init=nn.initializers.normal(stddev),
+                          bias_init=nn.initializers.constant(bias))(features)
+
     @nn.compact
-    def __call__(self, moving: jax.Array, fixed: jax.Array) -> dict[str, jax.Array]:
+    def __call__(self, moving: jax.Array, fixed: jax.Array,
+                 velocity_noise: jax.Array | None = None) -> dict[str, jax.Array]:
         if moving.shape != fixed.shape:
             raise ValueError(f"moving {moving.shape} and fixed {fixed.shape} must have one shape")
         if self.int_steps < 0:
@@ -61,11 +85,20 @@ class VoxelMorph(nn.Module):
         if self.int_downsize < 1:
             raise ValueError(f"int_downsize must be >= 1, got {self.int_downsize}")
         ndim = moving.ndim - 2
-        unet = UNet(self.enc_features, self.dec_features, name="unet")
-        features = unet(jnp.concatenate([moving, fixed], axis=-1))
+        unet = UNet(self.enc_features, self.dec_features, self.dtype, self.remat, name="unet")
+        # The heads, the integration and everything downstream run in float32 (see ``dtype``).
+        features = unet(jnp.concatenate([moving, fixed], axis=-1)).astype(jnp.float32)
         head = self._flow_head(features, ndim)
+        extra = {}
+        if self.predict_sigma:
+            extra["log_var_z"] = self._log_var_head(features, 1, FLOW_INIT_STDDEV, SIGMA_Z_INIT_LOG_VAR,
+                                                    "log_sigma_z")
+        if self.probabilistic:
+            if self.int_steps == 0:
+                raise ValueError("the probabilistic (vxm-diff) model needs int_steps > 0")
+            log_var_v = self._log_var_head(features, ndim, *VXM_DIFF_LOG_VAR_INIT, "log_sigma")
         if self.int_steps == 0:
-            out = {"displacement": head, "velocity": head}
+            out = {"displacement": head, "velocity": head, **extra}
             if self.bidirectional:
                 out["inverse_displacement"] = -head
             return out
@@ -73,7 +106,13 @@ class VoxelMorph(nn.Module):
             raise ValueError(f"spatial shape {moving.shape[1:-1]} must be divisible by "
                              f"int_downsize={self.int_downsize}")
         velocity = spatial.resize_field(head, 1.0 / self.int_downsize)
-        out = {"displacement": self._to_displacement(velocity), "velocity": velocity}
+        flow = velocity
+        if self.probabilistic:
+            log_var_v = spatial.resize_to(log_var_v, velocity.shape[1:-1])
+            extra["velocity_log_var"] = log_var_v
+            if velocity_noise is not None:
+                flow = velocity + jnp.exp(0.5 * log_var_v) * velocity_noise
+        out = {"displacement": self._to_displacement(flow), "velocity": velocity, **extra}
         if self.bidirectional:
-            out["inverse_displacement"] = self._to_displacement(-velocity)
+            out["inverse_displacement"] = self._to_displacement(-flow)
         return out
