@@ -101,6 +101,7 @@ BAD_VALUES = {
     "transmorph.drop_path_rate": (1.0, "a finite number in [0, 1)"),
     "data.image_size": ((64,), "2 or 3 whole numbers >= 1"),
     "data.synthetic_subjects": (2, "a whole number >= 3"),
+    "data.noise_scale": (-0.5, "a finite number >= 0"),
     "eval.val_pairs": (-1, "a whole number >= 0"),
     "eval.sparsification_steps": (1, "a whole number >= 2"),
     "batch_size": (0, "a whole number >= 1"),

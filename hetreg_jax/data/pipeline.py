@@ -109,7 +109,7 @@ def load_dataset(config, strict: bool = True) -> tuple[dict[str, dict], dict]:
             raise ValueError(f"config.data.dataset={data.dataset!r}; phantom kinds: {synthetic.KINDS}")
         splits = synthetic.make_dataset(
             data.dataset, tuple(data.image_size), data.synthetic_subjects, config.seed,
-            slices_per_subject=data.slices_per_subject)
+            slices_per_subject=data.slices_per_subject, noise_scale=float(data.noise_scale))
         return splits, {"layout": "synthetic", "root": None, "skipped": []}
     root = os.path.abspath(os.path.expanduser(data.root))
     layout = detect_layout(root, data.dataset)

@@ -32,6 +32,11 @@ and echo the scaled radial map also shortens the long axis.
 Images are min-max normalised per image to [0, 1] (float32); ``noise_sigma`` is the true noise std
 of the fixed frame in the same normalised units (ACDC: the Gaussian sigma of the Rician model; echo:
 the effective std of the speckled intensity, ``clean * SPECKLE_SD``; exactly 0 outside the fan/cone).
+``noise_scale`` (``config.data.noise_scale``, default 1) multiplies the noise std of both frames:
+ACDC: the Gaussian sigma map of the Rician model; echo: the std of the mean-1 speckle multiplier
+``|z|^q / E|z|^q``, by choosing its exponent q (0.5 at scale 1, 0 = no speckle at scale 0, ~2 at
+scale 4), so the speckle stays multiplicative, non-negative and 0 outside the fan. The anatomy,
+motion, bias, ghosts, attenuation and dropout, and every random draw, are the same at any scale.
 Randomness: subject ``i`` draws from ``np.random.default_rng([seed, kind code, i, 0])`` and its pair
 ``j`` draws its noise from ``[seed, kind code, i, j + 1]``, so a subject never depends on how many
 subjects are generated. Generation runs on the host (numpy/scipy only).
@@ -43,7 +48,7 @@ import dataclasses
 from typing import Callable
 
 import numpy as np
-from scipy import ndimage, special
+from scipy import ndimage, optimize, special
 
 KINDS = ("acdc", "camus", "echo3d")
 SPLITS = ("train", "val", "test")
@@ -218,12 +223,13 @@ def _mri_frame(rng, grid, lv, size) -> Frame:
     axis = int(rng.integers(2))
     shift = int(grid.shape[axis] // rng.choice([3, 4]))
 
-    def frame(anatomy, noise_rng):
+    def frame(anatomy, noise_rng, noise_scale=1.0):
         clean = anatomy * bias
         ghost = np.roll(clean, shift, axis) + np.roll(clean, -shift, axis)
         clean = clean + 0.5 * noise_rng.uniform(0.02, 0.05) * ghost
-        real = clean + sigma * noise_rng.standard_normal(clean.shape)
-        return np.hypot(real, sigma * noise_rng.standard_normal(clean.shape)), clean, sigma
+        scaled = sigma * noise_scale if noise_scale != 1.0 else sigma
+        real = clean + scaled * noise_rng.standard_normal(clean.shape)
+        return np.hypot(real, scaled * noise_rng.standard_normal(clean.shape)), clean, scaled
     return frame
 
 
@@ -320,7 +326,25 @@ def sector_mask(image_size) -> np.ndarray:
     return _probe(tuple(int(n) for n in image_size))[1]
 
 
-def _speckle(rng, shape, sigma) -> np.ndarray:
+def speckle_sd(power: float) -> float:
+    """Std of the mean-1 multiplier ``|z|^q / E|z|^q`` for a Rayleigh envelope ``|z|``."""
+    return float(np.sqrt(special.gamma(1 + power) / special.gamma(1 + power / 2) ** 2 - 1))
+
+
+def speckle_power(noise_scale: float) -> float:
+    """The exponent ``q`` whose multiplier std is ``noise_scale * SPECKLE_SD`` (0.5 at scale 1, 0 at 0)."""
+    if noise_scale == 1.0:
+        return _SPECKLE_POWER
+    if noise_scale == 0.0:
+        return 0.0
+    target = noise_scale * SPECKLE_SD
+    high = 1.0
+    while speckle_sd(high) < target:
+        high *= 2.0
+    return float(optimize.brentq(lambda q: speckle_sd(q) - target, 0.0, high, xtol=1e-14))
+
+
+def _speckle(rng, shape, sigma, power: float = _SPECKLE_POWER) -> np.ndarray:
     """Mean-1 speckle multiplier ``|z|^p / E|z|^p``; z complex Gaussian, correlated by a blur."""
     energy = 1.0
     for s in sigma:  # variance of blurred unit white noise = sum of squared kernel weights
@@ -329,8 +353,8 @@ def _speckle(rng, shape, sigma) -> np.ndarray:
         energy *= np.sum(ndimage.gaussian_filter1d(delta, s, mode="constant") ** 2)
     z = [ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap") for _ in range(2)]
     envelope = np.hypot(*z) / np.sqrt(energy)  # Rayleigh with unit per-component variance
-    mean = 2 ** (_SPECKLE_POWER / 2) * special.gamma(1 + _SPECKLE_POWER / 2)
-    return envelope ** _SPECKLE_POWER / mean
+    mean = 2 ** (power / 2) * special.gamma(1 + power / 2)
+    return envelope ** power / mean
 
 
 def _echo_frame(rng, shape, lv_wall_point) -> Frame:
@@ -348,9 +372,10 @@ def _echo_frame(rng, shape, lv_wall_point) -> Frame:
     sigma = np.full(len(shape), max(0.5, 0.8 * size / reference))
     sigma[1:] *= 1.6  # speckle cells are elongated across the beam
 
-    def frame(reflectivity, noise_rng):
+    def frame(reflectivity, noise_rng, noise_scale=1.0):
         clean = (reflectivity * attenuation * dropout) ** _SPECKLE_POWER * fov
-        return clean * _speckle(noise_rng, shape, sigma), clean, clean * SPECKLE_SD
+        power = speckle_power(noise_scale)
+        return clean * _speckle(noise_rng, shape, sigma, power), clean, clean * speckle_sd(power)
     return frame
 
 
@@ -449,7 +474,7 @@ def _normalise(noisy, clean, sigma):
 
 
 def make_subject(kind: str, index: int, image_size, seed: int, slices_per_subject: int = 3,
-                 return_clean: bool = False) -> list[dict]:
+                 return_clean: bool = False, noise_scale: float = 1.0) -> list[dict]:
     """The (ED, ES) pairs of phantom subject ``index``: acdc gives ``slices_per_subject`` slices
     (``_sliceNN``, 00 = base), camus the ``_2CH`` and ``_4CH`` views, echo3d one volume.
 
@@ -458,8 +483,11 @@ def make_subject(kind: str, index: int, image_size, seed: int, slices_per_subjec
     ``ES ~ ED(x + u)``), ``noise_sigma`` ``[*S]`` float32 (true noise std of ``fixed``),
     ``subject`` (``"synth_acdc_007"``) and ``pair_id``. ``return_clean`` adds ``moving_clean`` and
     ``fixed_clean``: the noise-free frames (bias, ghosts, attenuation included) in the same units.
+    ``noise_scale`` multiplies the noise std of both frames (see the module docstring); 1 = as built.
     """
     shape = _check_args(kind, image_size, seed, index, slices_per_subject)
+    if not (np.isfinite(noise_scale) and noise_scale >= 0):
+        raise ValueError(f"noise_scale={noise_scale!r}: a finite number >= 0")
     code = KINDS.index(kind)
     subject = f"synth_{kind}_{int(index):03d}"
     grid = _grid(shape)
@@ -471,8 +499,8 @@ def make_subject(kind: str, index: int, image_size, seed: int, slices_per_subjec
         x_ed = motion.ed_points(grid)
         ed, ed_label = anatomy(grid)
         es, es_label = anatomy(x_ed)
-        moving, moving_clean, _ = _normalise(*frame(ed, noise_rng))
-        fixed, fixed_clean, sigma = _normalise(*frame(es, noise_rng))
+        moving, moving_clean, _ = _normalise(*frame(ed, noise_rng, noise_scale))
+        fixed, fixed_clean, sigma = _normalise(*frame(es, noise_rng, noise_scale))
         pair = dict(moving=moving, fixed=fixed, moving_label=ed_label, fixed_label=es_label,
                     displacement=(x_ed - grid).astype(np.float32), noise_sigma=sigma,
                     subject=subject, pair_id=subject + suffix)
@@ -502,7 +530,7 @@ def split_subjects(n_subjects: int, seed: int, split=(0.6, 0.2, 0.2)) -> dict[st
 
 
 def make_dataset(kind: str, image_size, n_subjects: int, seed: int, split=(0.6, 0.2, 0.2),
-                 slices_per_subject: int = 3) -> dict[str, dict]:
+                 slices_per_subject: int = 3, noise_scale: float = 1.0) -> dict[str, dict]:
     """``{"train", "val", "test"} -> pair set`` split by subject (``split_subjects``).
 
     A pair set stacks the pairs of its subjects (in subject order): ``moving``, ``fixed``,
@@ -513,7 +541,8 @@ def make_dataset(kind: str, image_size, n_subjects: int, seed: int, split=(0.6, 
     out = {}
     for name, indices in split_subjects(n_subjects, seed, split).items():
         pairs = [p for i in indices
-                 for p in make_subject(kind, int(i), image_size, seed, slices_per_subject)]
+                 for p in make_subject(kind, int(i), image_size, seed, slices_per_subject,
+                                       noise_scale=noise_scale)]
         stacked = {k: np.stack([p[k] for p in pairs]) for k in _ARRAY_KEYS}
         for k in _CHANNEL_KEYS:
             stacked[k] = stacked[k][..., None]
