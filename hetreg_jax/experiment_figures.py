@@ -1,0 +1,236 @@
+"""The figures of ``python -m hetreg_jax.experiments`` (matplotlib, Agg backend).
+
+- ``fig2.png`` (the paper's Fig. 2): a few test pairs of the lowest finished seed, one row each;
+  one column per method: the fixed (ES) image cropped to the heart with the ES myocardium (yellow)
+  and that method's warped ED myocardium (the method's colour, legend below). Networks predict
+  through ``hetreg_jax.load(workdir)``; Elastix through ``hetreg_jax.elastix.register_pair``.
+  The inference time per pair of each network (a second, compiled call over the test pairs) is
+  written to ``inference_time.json``.
+- ``fig3.png`` (the paper's Fig. 3): per dataset, one test pair of VoxelMorph ``ours``: the fixed
+  image, the true σ² of the phantom, the predicted σ² and the SNR weight, each with a colour bar
+  and its unit; and the mean sparsification curves (MSE of the pixels kept against the fraction
+  removed by predicted σ²) of ours, NLL and β-NLL with their oracles and AUSE in the legend.
+- ``noise.png``: Dice and EPE against ``data.noise_scale``, one line per method.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+from hetreg_jax.experiment_report import DATASET_NAMES, METHOD_NAMES, finished, read_summary, row_name
+
+MYOCARDIUM = 2
+FIG2_PAIRS = 3
+COLOURS = {"elastix": "tab:gray", "ncc": "tab:olive", "mi": "tab:brown", "mse": "tab:blue", "nll": "tab:purple",
+           "beta_nll": "tab:pink", "adaframe": "tab:orange", "adareg": "tab:green", "ours": "tab:red"}
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _test_pairs(run, base, profile) -> dict:
+    from hetreg_jax import experiments
+    from hetreg_jax.data import pipeline
+
+    return pipeline.load_splits(experiments.run_config(base, run, profile))["test"]
+
+
+def _box(*masks, margin=6):
+    union = np.any(np.stack(masks), axis=0)
+    if not union.any():
+        return slice(None), slice(None)
+    rows, cols = np.nonzero(union)
+    return (slice(max(0, rows.min() - margin), rows.max() + margin + 1),
+            slice(max(0, cols.min() - margin), cols.max() + margin + 1))
+
+
+def _warp_mask(mask: np.ndarray, displacement: np.ndarray) -> np.ndarray:
+    """The ED mask carried onto the ES grid (linear, > 0.5: the evaluation's threshold rule)."""
+    from hetreg_jax import spatial
+
+    warped = spatial.warp(mask[None, ..., None].astype(np.float32), displacement[None].astype(np.float32))
+    return np.asarray(warped)[0, ..., 0] > 0.5
+
+
+def _displacements(run, root, config, moving, fixed, times: dict) -> np.ndarray:
+    """[B, *S, ndim] displacements of one run on a batch of pairs."""
+    if run.method == "elastix":
+        from hetreg_jax import elastix
+        return np.stack([np.asarray(elastix.register_pair(m, f, config)) for m, f in zip(moving, fixed)])
+    import hetreg_jax
+
+    model = hetreg_jax.load(run.path(root))
+    out = model.register(moving, fixed)  # compiles
+    start = time.perf_counter()
+    out = model.register(moving, fixed)
+    times[run.path(root)] = (time.perf_counter() - start) / len(moving)
+    return out["displacement"]
+
+
+def fig2(runs, base, root, profile) -> str | None:
+    from hetreg_jax import experiments
+
+    done = [r for r in runs if finished(r, base, root, profile) and r.noise_scale is None and r.gamma is None]
+    if not done:
+        return None
+    seed = min(r.seed for r in done)
+    datasets = [d for d in dict.fromkeys(r.dataset for r in done)]
+    columns = []  # (model, method) in table order
+    for r in runs:
+        key = ("" if r.method == "elastix" else r.model, r.method)
+        if key not in columns and any(x.seed == seed and (x.method == r.method) and
+                                      (r.method == "elastix" or x.model == r.model) for x in done):
+            columns.append(key)
+    plt = _pyplot()
+    rows = [(d, i) for d in datasets for i in range(FIG2_PAIRS)]
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.2 * len(columns), 2.3 * len(rows)), squeeze=False)
+    times: dict[str, float] = {}
+    for d in datasets:
+        first = next(r for r in done if r.dataset == d and r.seed == seed)
+        pairs = _test_pairs(first, base, profile)
+        n = len(pairs["pair_id"])
+        picks = np.unique(np.linspace(0, n - 1, min(FIG2_PAIRS, n)).round().astype(int))
+        moving, fixed = pairs["moving"][..., 0], pairs["fixed"][..., 0]
+        for c, (model, method) in enumerate(columns):
+            run = next((r for r in done if r.dataset == d and r.seed == seed and r.method == method and
+                        (method == "elastix" or r.model == model)), None)
+            disp = None
+            if run is not None:
+                config = experiments.run_config(base, run, profile)
+                index = picks if method == "elastix" else np.arange(n)
+                disp = dict(zip(index, _displacements(run, root, config, moving[index], fixed[index], times)))
+            for k, i in enumerate(picks):
+                ax = axes[rows.index((d, k))][c]
+                view = (lambda a: a) if moving.ndim == 3 else (lambda a: a[..., a.shape[-1] // 2])
+                es = pairs["fixed_label"][i] == MYOCARDIUM
+                ed = pairs["moving_label"][i] == MYOCARDIUM
+                warped = _warp_mask(ed, disp[i]) if disp is not None else None
+                shown = [view(es)] + ([view(warped)] if warped is not None else [])
+                box = _box(*shown)
+                ax.imshow(view(fixed[i])[box], cmap="gray", vmin=0, vmax=1)
+                for mask, colour, width in zip(shown, ["yellow", COLOURS.get(method, "cyan")], [1.6, 1.2]):
+                    if mask[box].any():
+                        ax.contour(mask[box].astype(float), levels=[0.5], colors=colour, linewidths=width)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if k == 0:
+                    ax.set_title(row_name(model, method), fontsize=9, color=COLOURS.get(method, "black"))
+                if c == 0:
+                    ax.set_ylabel(f"{DATASET_NAMES.get(d, d)}\n{pairs['pair_id'][i]}", fontsize=7)
+    handles = [plt.Line2D([], [], color="yellow", lw=2, label="ES myocardium (ground truth)")]
+    handles += [plt.Line2D([], [], color=COLOURS.get(m, "cyan"), lw=2, label=f"warped ED myocardium: {row_name(mo, m)}")
+                for mo, m in columns]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=7, frameon=False)
+    fig.suptitle(f"Test pairs (seed {seed}): fixed ES image, ES myocardium and each method's warped ED myocardium",
+                 fontsize=10)
+    legend_rows = (len(handles) + 3) // 4
+    fig.tight_layout(rect=(0, 0.035 * legend_rows + 0.01, 1, 0.97))
+    path = os.path.join(root, "fig2.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    if times:
+        record = os.path.join(root, "inference_time.json")
+        old = json.load(open(record, encoding="utf-8")) if os.path.isfile(record) else {}
+        old.update({os.path.relpath(k, root): v for k, v in times.items()})
+        with open(record, "w", encoding="utf-8") as f:
+            json.dump(old, f, indent=1)
+    return path
+
+
+def fig3(runs, base, root, profile) -> str | None:
+    import hetreg_jax
+
+    done = [r for r in runs if finished(r, base, root, profile) and r.noise_scale is None and r.gamma is None]
+    datasets = [d for d in dict.fromkeys(r.dataset for r in done)
+                if any(r.dataset == d and r.method == "ours" and r.model == "voxelmorph" for r in done)]
+    if not datasets:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(datasets), 5, figsize=(17, 3.3 * len(datasets)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1, 1, 1, 1.5]})
+    for row, d in zip(axes, datasets):
+        ours = min((r for r in done if r.dataset == d and r.method == "ours" and r.model == "voxelmorph"),
+                   key=lambda r: r.seed)
+        pairs = _test_pairs(ours, base, profile)
+        i = len(pairs["pair_id"]) // 2
+        out = hetreg_jax.load(ours.path(root)).register(pairs["moving"][i, ..., 0], pairs["fixed"][i, ..., 0])
+        view = (lambda a: a) if out["warped"].ndim == 2 else (lambda a: a[..., a.shape[-1] // 2])
+        maps = [(pairs["fixed"][i, ..., 0], f"{DATASET_NAMES.get(d, d)} fixed (ES)\n{pairs['pair_id'][i]}", "gray",
+                 "normalised intensity"),
+                (pairs["noise_sigma"][i, ..., 0] ** 2, "true σ² of the phantom", "viridis", "σ² (intensity²)"),
+                (np.exp(out["log_var"]), "predicted σ² (ours)", "viridis", "σ² (intensity²)"),
+                (out["weight"], "SNR weight w (ours)", "cividis", "w (no unit)")]
+        vmax = float(np.quantile(maps[1][0], 0.995)) or None
+        for ax, (image, title, cmap, unit) in zip(row[:4], maps):
+            limits = dict(vmin=0, vmax=vmax) if "σ²" in unit else {}
+            shown = ax.imshow(view(image), cmap=cmap, **limits)
+            bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+            bar.set_label(unit, fontsize=8)
+            bar.ax.tick_params(labelsize=7)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+        ax = row[4]
+        for method in ("ours", "nll", "beta_nll"):
+            chosen = [r for r in done if r.dataset == d and r.method == method and r.model == "voxelmorph"]
+            summaries = [s for r in chosen if (s := read_summary(r.path(root))) and "sparsification" in s]
+            if not summaries:
+                continue
+            x = np.asarray(summaries[0]["sparsification"]["fraction_removed"])
+            curve = np.mean([s["sparsification"]["curve"] for s in summaries], axis=0)
+            oracle = np.mean([s["sparsification"]["oracle"] for s in summaries], axis=0)
+            ause = np.mean([s["ause"]["mean"] for s in summaries])
+            colour = COLOURS[method]
+            ax.plot(x, curve, color=colour, label=f"{METHOD_NAMES[method]} (AUSE {ause:.2e}, {len(summaries)} seeds)")
+            ax.plot(x, oracle, color=colour, ls="--", lw=1, label=f"{METHOD_NAMES[method]} oracle")
+        ax.set_xlabel("fraction of foreground pixels removed (most uncertain first)")
+        ax.set_ylabel("MSE of the rest (intensity²)")
+        ax.set_title(f"{DATASET_NAMES.get(d, d)}: sparsification of σ² (test mean)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(root, "fig3.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def noise_figure(results: dict, scales, methods, path: str) -> str | None:
+    """``results[(dataset, scale, method, metric)]`` = pooled per-pair values."""
+    if not any(v.size for v in results.values()):
+        return None
+    plt = _pyplot()
+    datasets = list(dict.fromkeys(k[0] for k in results))
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(10, 3.6 * len(datasets)), squeeze=False)
+    for row, d in zip(axes, datasets):
+        for ax, (metric, label) in zip(row, (("dice", "Dice (%)"), ("epe", "EPE in the myocardium (px)"))):
+            for j, m in enumerate(methods):
+                xs, ys, es = [], [], []
+                for s in scales:
+                    v = results.get((d, s, m, metric), np.zeros(0))
+                    v = v[~np.isnan(v)]
+                    if v.size:
+                        xs.append(s * 2 ** (0.04 * (j - (len(methods) - 1) / 2)))
+                        ys.append(v.mean())
+                        es.append(v.std() / np.sqrt(v.size))
+                if xs:
+                    ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=COLOURS.get(m), label=METHOD_NAMES.get(m, m))
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(scales)
+            ax.set_xticklabels([f"{s:g}" for s in scales])
+            ax.set_xlabel("noise scale (× the phantoms' noise std)")
+            ax.set_ylabel(label)
+            ax.set_title(f"{DATASET_NAMES.get(d, d)}: {label} (mean ± s.e. over test pairs)", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,361 @@
+"""The paper's tables and figures in one command: every run it needs, trained in this process.
+
+    python -m hetreg_jax.experiments --config=configs/acdc.py --table=1 --workdir=W \
+        [--profile=quick|paper] [--seeds=0,1,2] [--models=voxelmorph,transmorph] \
+        [--methods=mse,ours] [--datasets=acdc,camus]
+    --table=2 (paired t-tests of Table 1's runs), 3 (3D echo phantoms), 4 (gamma), noise (noise sweep)
+
+Every (dataset, model, method, seed[, gamma][, noise scale]) run has its own workdir under W
+(``W/acdc/voxelmorph/mse/seed0``, ``W/acdc/voxelmorph/ours_gamma0.25/seed0``,
+``W/noise2/acdc/voxelmorph/ours/seed0``, Elastix: ``W/acdc/elastix/seed0``), trained with
+``train.train_and_evaluate``: the same data, split, seed and step budget for every method. A run
+whose ``eval/test_metrics.json`` is of its last step is skipped, an interrupted one resumes from its
+last checkpoint, so rerunning the command continues (and completes with the same numbers). A run
+that fails (e.g. a non-finite loss) is recorded in its ``experiment_failed.json``, skipped on later
+calls (``--retry_failed`` tries again) and footnoted in the tables. The reports (``table1.md`` ...,
+``fig2.png``, ``fig3.png``, ``noise.png``) are written by :mod:`hetreg_jax.experiment_report` at the
+end of every call from whatever runs are finished; ``--report_only`` only writes them.
+
+Profiles: ``paper`` = the ``--config`` file's own values (METHOD.md: 128², 30000 steps; for a GPU or
+TPU). ``quick`` (:data:`QUICK`) = 64² ACDC/CAMUS phantoms, 600 steps, both lrs 1e-3 (as
+configs/quick.py), TransMorph with embed_dim 48; echo3d 32³, 300 steps, batch 2.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Base config (configs/acdc.py); --config.x=y overrides.",
+                                lock_config=True)
+flags.DEFINE_string("table", "1", "Which table: 1, 2, 3, 4 or noise.")
+flags.DEFINE_string("workdir", None, "Folder of the runs and the reports.")
+flags.DEFINE_enum("profile", "quick", ["quick", "paper"], "quick: CPU-sized runs; paper: the config's values.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each draws its own phantoms, split and initialisation).")
+flags.DEFINE_list("models", ["voxelmorph", "transmorph"], "Displacement estimators.")
+flags.DEFINE_list("methods", [], "Methods (default: the table's; TransMorph: mse and ours).")
+flags.DEFINE_list("datasets", [], "Phantom kinds (default acdc,camus; Table 3: echo3d).")
+flags.DEFINE_list("gammas", ["0", "0.25", "0.5", "0.75", "1"], "Table 4: the gamma values.")
+flags.DEFINE_list("noise_scales", ["0.5", "1", "2", "4"], "--table=noise: the data.noise_scale values.")
+flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices (0 = one per core that divides the batches).")
+flags.DEFINE_bool("report_only", False, "Write the reports from the finished runs; train nothing.")
+flags.DEFINE_bool("retry_failed", False, "Train runs recorded as failed again.")
+flags.DEFINE_bool("figures", True, "Draw the figures (fig2 and fig3 load every network of seed 0: slow on a CPU).")
+flags.mark_flags_as_required(["workdir"])
+
+# The paper's row order of Table 1 (Elastix is model-free: one row).
+TABLE1_METHODS = ("elastix", "ncc", "mi", "mse", "nll", "beta_nll", "adaframe", "adareg", "ours")
+TRANSMORPH_METHODS = ("mse", "ours")
+TABLE3_METHODS = ("mse", "nll", "beta_nll", "adaframe", "adareg", "ours")
+NOISE_METHODS = ("ours", "mse", "beta_nll")
+NO_TRAINING = ("elastix",)
+FAILED_NAME = "experiment_failed.json"
+TIMING_NAME = "experiment_time.json"
+
+QUICK = {  # dotted key -> value, per kind of run
+    "2d": {"data.image_size": (64, 64), "data.synthetic_subjects": 40, "num_steps": 600, "log_every": 50,
+           "eval_every": 200, "checkpoint_every": 200, "optim.motion_lr": 1e-3, "optim.variance_lr": 1e-3},
+    "transmorph": {"transmorph.embed_dim": 48},
+    "echo3d": {"data.image_size": (32, 32, 32), "data.synthetic_subjects": 20, "batch_size": 2,
+               "eval.batch_size": 2, "num_steps": 300, "log_every": 25, "eval_every": 100,
+               "checkpoint_every": 100, "optim.motion_lr": 1e-3, "optim.variance_lr": 1e-3},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    dataset: str
+    model: str
+    method: str
+    seed: int
+    gamma: float | None = None        # None = the config's loss.gamma
+    noise_scale: float | None = None  # None = the config's data.noise_scale
+
+    def path(self, root: str) -> str:
+        parts = [root] + ([f"noise{self.noise_scale:g}"] if self.noise_scale is not None else [])
+        method = self.method + (f"_gamma{self.gamma:g}" if self.gamma is not None else "")
+        parts += [self.dataset] + ([] if self.method in NO_TRAINING else [self.model]) + [method, f"seed{self.seed}"]
+        return os.path.join(*parts)
+
+    @property
+    def label(self) -> str:
+        extra = (f" gamma={self.gamma:g}" if self.gamma is not None else "") + \
+                (f" noise_scale={self.noise_scale:g}" if self.noise_scale is not None else "")
+        who = self.method if self.method in NO_TRAINING else f"{self.model}/{self.method}"
+        return f"{self.dataset} {who} seed {self.seed}{extra}"
+
+
+def set_key(config, key: str, value) -> None:
+    target = config
+    *path, leaf = key.split(".")
+    for part in path:
+        target = target[part]
+    target[leaf] = value
+
+
+def load_config_file(path: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("experiment_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def base_for(base, dataset: str):
+    """The base config of ``dataset``: ``base`` itself, ``base`` with the dataset swapped (2D kinds),
+    or the repository's ``configs/<dataset>.py`` when the dimensionality differs."""
+    three_d = lambda kind: kind == "echo3d"  # noqa: E731
+    if base.data.dataset == dataset:
+        return copy.deepcopy(base)
+    if three_d(dataset) != three_d(base.data.dataset):
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        return load_config_file(os.path.join(root, "configs", f"{dataset}.py"))
+    config = copy.deepcopy(base)
+    with config.unlocked():
+        config.data.dataset = dataset
+    return config
+
+
+def run_config(base, run: Run, profile: str):
+    """The config of one run: the dataset's base, the profile's settings, then the run's own keys."""
+    config = base_for(base, run.dataset)
+    with config.unlocked():
+        if profile == "quick":
+            for key, value in QUICK["echo3d" if run.dataset == "echo3d" else "2d"].items():
+                set_key(config, key, value)
+            if run.model == "transmorph":
+                for key, value in QUICK["transmorph"].items():
+                    set_key(config, key, value)
+        config.model, config.method, config.seed = run.model, run.method, int(run.seed)
+        if run.gamma is not None:
+            config.loss.gamma = float(run.gamma)
+        if run.noise_scale is not None:
+            config.data.noise_scale = float(run.noise_scale)
+    return config
+
+
+def known_methods() -> set[str]:
+    from hetreg_jax import methods
+
+    return set(methods.METHODS)
+
+
+def plan(table: str, seeds, models, methods, datasets, gammas=(), noise_scales=(), base_gamma=0.5):
+    """``(runs, skipped methods)`` for ``table``; methods not in ``methods.METHODS`` are left out."""
+    known = known_methods()
+    seeds = [int(s) for s in seeds]
+    wanted: list[tuple[str, str, str]] = []  # (dataset, model, method)
+    extra: list[dict] = [{}]
+    if table in ("1", "2"):
+        for dataset in datasets or ("acdc", "camus"):
+            for model in models:
+                chosen = methods or (TABLE1_METHODS if model == "voxelmorph" else TRANSMORPH_METHODS)
+                wanted += [(dataset, model, m) for m in chosen]
+    elif table == "3":
+        wanted = [(d, "voxelmorph", m) for d in (datasets or ("echo3d",)) for m in (methods or TABLE3_METHODS)]
+    elif table == "4":
+        wanted = [(d, m, "ours") for d in (datasets or ("acdc", "camus")) for m in models]
+        extra = [{"gamma": None if float(g) == base_gamma else float(g)} for g in gammas]
+    elif table == "noise":
+        wanted = [(d, m, meth) for d in (datasets or ("acdc",)) for m in models for meth in (methods or NOISE_METHODS)]
+        extra = [{"noise_scale": None if float(s) == 1.0 else float(s)} for s in noise_scales]
+    else:
+        raise ValueError(f"--table={table!r}: one of {', '.join(TABLES)}")
+    runs, skipped, seen = [], [], set()
+    for options in extra:
+        for seed in seeds:
+            for dataset, model, method in wanted:
+                if method not in known:
+                    if method not in skipped:
+                        skipped.append(method)
+                    continue
+                run = Run(dataset, "voxelmorph" if method in NO_TRAINING else model, method, seed, **options)
+                if run not in seen:
+                    seen.add(run)
+                    runs.append(run)
+    return runs, skipped
+
+
+def is_finished(workdir: str, config) -> bool:
+    """``eval/test_metrics.json`` of the last step (any for a method without training)."""
+    path = os.path.join(workdir, "eval", "test_metrics.json")
+    if not os.path.isfile(path):
+        return False
+    if config.method in NO_TRAINING:
+        return True
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("checkpoint_step") == config.num_steps
+
+
+def failure(workdir: str) -> str | None:
+    path = os.path.join(workdir, FAILED_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("error")
+
+
+def wall_time(workdir: str) -> float | None:
+    path = os.path.join(workdir, TIMING_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return float(json.load(f)["wall_s"])
+
+
+def _add_wall_time(workdir: str, seconds: float) -> None:
+    from hetreg_jax.workdir import atomic_write_text
+
+    total = (wall_time(workdir) or 0.0) + seconds
+    atomic_write_text(os.path.join(workdir, TIMING_NAME), json.dumps({"wall_s": total}))
+
+
+def eta(runs, todo, root: str) -> float | None:
+    """Seconds left: each remaining run costs the mean wall time of finished runs of its method
+    (of any run when none of its method is finished yet)."""
+    times: dict[str, list[float]] = {}
+    for run in runs:
+        t = wall_time(run.path(root))
+        if t is not None and run not in todo:
+            times.setdefault(run.method, []).append(t)
+    every = [t for ts in times.values() for t in ts]
+    if not every:
+        return None
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return sum(mean(times.get(run.method) or every) for run in todo)
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown until a run finishes"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def execute(runs, base, root: str, profile: str, train_fn=None, retry_failed: bool = False,
+            say=print) -> dict[Run, str]:
+    """Train and evaluate every unfinished run in order; returns run -> "done", "skipped", "failed"."""
+    import jax
+
+    if train_fn is None:
+        from hetreg_jax import train
+        train_fn = train.train_and_evaluate
+    status, todo = {}, []
+    for run in runs:
+        config = run_config(base, run, profile)
+        workdir = run.path(root)
+        if is_finished(workdir, config):
+            status[run] = "skipped"
+        elif failure(workdir) and not retry_failed:
+            status[run] = "failed"
+            say(f"[experiments] {run.label}: failed before ({failure(workdir)}); --retry_failed tries again")
+        else:
+            todo.append((run, config))
+    say(f"[experiments] {len(runs)} runs: {len(runs) - len(todo)} finished or failed, {len(todo)} to train")
+    for i, (run, config) in enumerate(todo):
+        workdir = run.path(root)
+        left = eta(runs, {r for r, _ in todo[i:]}, root)
+        say(f"[experiments] run {i + 1}/{len(todo)}: {run.label} -> {workdir} (ETA of the rest {_clock(left)})")
+        os.makedirs(workdir, exist_ok=True)
+        start = time.time()
+        try:
+            train_fn(config, workdir)
+        except (FloatingPointError, RuntimeError) as exc:
+            from hetreg_jax.workdir import WorkdirLocked, atomic_write_text
+            if isinstance(exc, WorkdirLocked):
+                raise
+            atomic_write_text(os.path.join(workdir, FAILED_NAME),
+                              json.dumps({"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}))
+            status[run] = "failed"
+            say(f"[experiments] {run.label} failed: {exc}")
+        else:
+            status[run] = "done"
+            failed = os.path.join(workdir, FAILED_NAME)
+            if os.path.exists(failed):
+                os.remove(failed)
+        finally:
+            _add_wall_time(workdir, time.time() - start)
+            jax.clear_caches()
+    return status
+
+
+def table_runs(table: str, base, args: dict):
+    gamma = float(base.loss.gamma)
+    return plan(table, args["seeds"], args["models"], args["methods"], args["datasets"],
+                args.get("gammas", ()), args.get("noise_scales", ()), base_gamma=gamma)
+
+
+def _report(name: str):
+    def report(runs, base, root, profile, skipped, args):
+        from hetreg_jax import experiment_report
+        return getattr(experiment_report, name)(runs, base, root, profile, skipped, args)
+    return report
+
+
+# table name -> (the runs it needs, the report it writes); add a table by adding an entry.
+TABLES = {
+    "1": (table_runs, _report("report_table1")),
+    "2": (table_runs, _report("report_table2")),
+    "3": (table_runs, _report("report_table3")),
+    "4": (table_runs, _report("report_table4")),
+    "noise": (table_runs, _report("report_noise")),
+}
+
+
+def run_table(table: str, base, root: str, profile: str = "quick", seeds=(0, 1, 2),
+              models=("voxelmorph", "transmorph"), methods=(), datasets=(), gammas=(0, 0.25, 0.5, 0.75, 1),
+              noise_scales=(0.5, 1, 2, 4), train_fn=None, report_only=False, retry_failed=False,
+              figures=True, say=print) -> list[str]:
+    """Train what ``table`` needs (unless ``report_only``), then write its reports; returns their paths."""
+    if table not in TABLES:
+        raise ValueError(f"--table={table!r}: one of {', '.join(TABLES)}")
+    args = dict(seeds=list(seeds), models=list(models), methods=list(methods), datasets=list(datasets),
+                gammas=list(gammas), noise_scales=list(noise_scales), figures=figures)
+    make_runs, report = TABLES[table]
+    runs, skipped = make_runs(table, base, args)
+    for method in skipped:
+        say(f"[experiments] method {method!r} is not in hetreg_jax.methods.METHODS yet: left out")
+    if not report_only:
+        execute(runs, base, root, profile, train_fn=train_fn, retry_failed=retry_failed, say=say)
+    paths = report(runs, base, root, profile, skipped, args)
+    for path in paths:
+        say(f"[experiments] wrote {path}")
+    return paths
+
+
+def main(argv):
+    del argv
+    if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
+        logging.set_verbosity(logging.WARNING)
+    base = FLAGS.config
+    if base is None:
+        print("error: --config=configs/<name>.py is required", file=sys.stderr)
+        sys.exit(2)
+    from hetreg_jax import sharding
+
+    batch_sizes = [base.batch_size, base.eval.batch_size]
+    if FLAGS.table == "3" or "echo3d" in FLAGS.datasets:
+        batch_sizes += [QUICK["echo3d"]["batch_size"]] if FLAGS.profile == "quick" else \
+            [load_config_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                           "configs", "echo3d.py")).batch_size]
+    sharding.initialize(batch_sizes, FLAGS.cpu_devices)
+    try:
+        run_table(FLAGS.table, base, os.path.abspath(FLAGS.workdir), FLAGS.profile, FLAGS.seeds, FLAGS.models,
+                  FLAGS.methods, FLAGS.datasets, FLAGS.gammas, FLAGS.noise_scales,
+                  report_only=FLAGS.report_only, retry_failed=FLAGS.retry_failed, figures=FLAGS.figures)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)
