@@ -18,6 +18,9 @@ def check_inputs(config, mode: str, workdir: str, out: str | None = None, moving
                 if mode in RECORDED_CONFIG_MODES else "")
         raise ValueError(f"--mode={mode} needs --config=configs/<name>.py{hint}")
     validate_config(config)
+    if mode == "register" and config.method == "elastix":
+        raise ValueError("--mode=register registers with a trained network; method='elastix' has none "
+                         "(in Python: hetreg_jax.elastix.register_pair(moving, fixed, config))")
     if mode in ("train", "inspect"):
         workdir_lib.check_writable(workdir)
     elif os.path.exists(workdir) and not os.path.isdir(workdir):

@@ -157,3 +157,9 @@ def validate_config(config) -> None:
     if root is not None and (not isinstance(root, str) or not root.strip()):
         raise _refuse("data.root", root, "a folder path, or None for the built-in phantoms")
     _check_int(config, "eval.sparsification_steps", 2)
+    from hetreg_jax import elastix  # light: itk is imported on the first registration only
+
+    _check_choice(config, "elastix.metric", elastix.METRICS)
+    for key in ("elastix.iterations", "elastix.resolutions", "elastix.samples", "elastix.threads"):
+        _check_int(config, key, 1)
+    _check_number(config, "elastix.grid_spacing", 0.0, low_open=True, note="voxels between B-spline control points")

@@ -79,4 +79,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.label_rule = "threshold" # "threshold": linear-warped mask > 0.5; "reference": > 0 (authors)
     c.eval.val_pairs = 32           # validation pairs used for the periodic Dice (0 = all)
     c.eval.sparsification_steps = 50  # fractions removed in the sparsification curve (AUSE)
+
+    c.elastix = ml_collections.ConfigDict()  # method="elastix": B-spline registration per pair (elastix.py)
+    c.elastix.metric = "mean_squares"  # "mean_squares", "mutual_information" (Mattes) or "ncc"
+    c.elastix.iterations = 250      # optimiser iterations per resolution level
+    c.elastix.resolutions = 3       # pyramid levels (images smoothed and grid coarsened by 2 per level)
+    c.elastix.grid_spacing = 8.0    # final B-spline control-point spacing, in voxels
+    c.elastix.samples = 2048        # random voxels sampled per iteration (new ones each iteration)
+    c.elastix.threads = 1           # elastix threads; results depend on the count, so it is fixed
     return c

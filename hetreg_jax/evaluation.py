@@ -155,11 +155,20 @@ def write_reports(outdir: str, rows: list[dict], summary: dict, name: str = "tes
 def evaluate(trainer, state, pairs: Mapping, config, outdir: str | None = None, name: str = "test") -> dict:
     """Predict, score every pair, and (when ``outdir`` is given) write the two reports."""
     pred = predict_pairs(trainer, state, pairs, config.eval.batch_size)
+    return score(pairs, pred, config, outdir, name, extra={"checkpoint_step": int(jax.device_get(state.step))})
+
+
+def score(pairs: Mapping, pred: Mapping, config, outdir: str | None = None, name: str = "test",
+          extra: Mapping | None = None) -> dict:
+    """Score precomputed predictions (``displacement``, ``warped``, ``warped_myo`` ``[N, *S, C]``, and
+    ``log_var`` for methods with a variance net) of every pair, e.g. a network's or elastix's;
+    ``extra`` entries are added to the summary. Writes the two reports and the example figure when
+    ``outdir`` is given."""
     steps = config.eval.sparsification_steps
     rows, excluded, curves = pair_rows(pairs, pred, config.eval.label_rule, steps)
     summary = summarize(rows, excluded, pipeline.num_pairs(pairs))
     summary["label_rule"] = config.eval.label_rule
-    summary["checkpoint_step"] = int(jax.device_get(state.step))
+    summary.update(extra or {})
     if curves:  # the paper's Fig. 3: mean raw-MSE sparsification curve and oracle over the pairs
         summary["sparsification"] = {"fraction_removed": list(np.arange(steps) / steps),
                                      "curve": list(np.mean([c for c, _ in curves], axis=0)),

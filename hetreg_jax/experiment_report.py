@@ -231,6 +231,8 @@ def cost_table(runs, base, root, profile, datasets) -> str:
     """Wall time per run (training + test evaluation; Elastix: registration of the test pairs)."""
     from hetreg_jax import experiments
 
+    record = os.path.join(root, "inference_time.json")
+    inference = json.load(open(record, encoding="utf-8")) if os.path.isfile(record) else {}
     rows = []
     for model, method in _method_rows(runs):
         cells = []
@@ -239,14 +241,17 @@ def cost_table(runs, base, root, profile, datasets) -> str:
                       and finished(r, base, root, profile)]
             times = [t for r in chosen if (t := experiments.wall_time(r.path(root))) is not None]
             n = [len(read_rows(r.path(root)) or []) for r in chosen]
+            infer = [inference[k] for r in chosen if (k := os.path.relpath(r.path(root), root)) in inference]
             if times:
                 per_pair = sum(times) / max(1, sum(n))
                 cells.append(f"{np.mean(times) / 60:.1f} min ({per_pair:.2f} s per test pair)" if method == "elastix"
-                             else f"{np.mean(times) / 60:.1f} min")
+                             else f"{np.mean(times) / 60:.1f} min" +
+                             (f" (inference {1e3 * np.mean(infer):.1f} ms per pair)" if infer else ""))
             else:
                 cells.append("not measured")
         rows.append([row_name(model, method)] + cells)
-    return markdown(["method"] + [f"{DATASET_NAMES.get(d, d)}: wall time per run" for d in datasets], rows)
+    return markdown(["method"] + [f"{DATASET_NAMES.get(d, d)}: wall time per run (training + test evaluation; "
+                                  "Elastix: registering the test pairs)" for d in datasets], rows)
 
 
 def report_table1(runs, base, root, profile, skipped, args, name="table1", title=None, paper=PAPER_TABLE1,

@@ -34,22 +34,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Base config (configs/acdc.py); --config.x=y overrides.",
-                                lock_config=True)
-flags.DEFINE_string("table", "1", "Which table: 1, 2, 3, 4 or noise.")
-flags.DEFINE_string("workdir", None, "Folder of the runs and the reports.")
-flags.DEFINE_enum("profile", "quick", ["quick", "paper"], "quick: CPU-sized runs; paper: the config's values.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each draws its own phantoms, split and initialisation).")
-flags.DEFINE_list("models", ["voxelmorph", "transmorph"], "Displacement estimators.")
-flags.DEFINE_list("methods", [], "Methods (default: the table's; TransMorph: mse and ours).")
-flags.DEFINE_list("datasets", [], "Phantom kinds (default acdc,camus; Table 3: echo3d).")
-flags.DEFINE_list("gammas", ["0", "0.25", "0.5", "0.75", "1"], "Table 4: the gamma values.")
-flags.DEFINE_list("noise_scales", ["0.5", "1", "2", "4"], "--table=noise: the data.noise_scale values.")
-flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices (0 = one per core that divides the batches).")
-flags.DEFINE_bool("report_only", False, "Write the reports from the finished runs; train nothing.")
-flags.DEFINE_bool("retry_failed", False, "Train runs recorded as failed again.")
-flags.DEFINE_bool("figures", True, "Draw the figures (fig2 and fig3 load every network of seed 0: slow on a CPU).")
-flags.mark_flags_as_required(["workdir"])
 
 # The paper's row order of Table 1 (Elastix is model-free: one row).
 TABLE1_METHODS = ("elastix", "ncc", "mi", "mse", "nll", "beta_nll", "adaframe", "adareg", "ours")
@@ -357,5 +341,26 @@ def main(argv):
         sys.exit(1)
 
 
+def define_flags() -> None:
+    """The command line (defined only when run as a program, so that importing this module defines no flags)."""
+    config_flags.DEFINE_config_file("config", None, "Base config (configs/acdc.py); --config.x=y overrides.",
+                                    lock_config=True)
+    flags.DEFINE_string("table", "1", "Which table: 1, 2, 3, 4 or noise.")
+    flags.DEFINE_string("workdir", None, "Folder of the runs and the reports.")
+    flags.DEFINE_enum("profile", "quick", ["quick", "paper"], "quick: CPU-sized runs; paper: the config's values.")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each draws its own phantoms, split and initialisation).")
+    flags.DEFINE_list("models", ["voxelmorph", "transmorph"], "Displacement estimators.")
+    flags.DEFINE_list("methods", [], "Methods (default: the table's; TransMorph: mse and ours).")
+    flags.DEFINE_list("datasets", [], "Phantom kinds (default acdc,camus; Table 3: echo3d).")
+    flags.DEFINE_list("gammas", ["0", "0.25", "0.5", "0.75", "1"], "Table 4: the gamma values.")
+    flags.DEFINE_list("noise_scales", ["0.5", "1", "2", "4"], "--table=noise: the data.noise_scale values.")
+    flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices (0 = one per core that divides the batches).")
+    flags.DEFINE_bool("report_only", False, "Write the reports from the finished runs; train nothing.")
+    flags.DEFINE_bool("retry_failed", False, "Train runs recorded as failed again.")
+    flags.DEFINE_bool("figures", True, "Draw the figures (fig2 and fig3 load every network of seed 0: slow on a CPU).")
+    flags.mark_flags_as_required(["workdir"])
+
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -22,6 +22,7 @@ class Method:
     joint: bool = False    # one loss through both networks, one update of each per step
     probabilistic: bool = False  # vxm-diff: sampled velocity, image term / image_sigma², KL instead of λR
     adaptive: str | None = None  # "adareg" | "adaframe": residual-adaptive weights (see adaptive_terms)
+    trainable: bool = True  # False: no network (elastix registers each test pair, see elastix.py)
 
 
 METHODS = {
@@ -41,6 +42,8 @@ METHODS = {
                "by exp(-c * |r(x)| * mean|r|)", adaptive="adareg"),
         Method("adaframe", "mse", False, "AdaFrame (Wong et al. 2021): MSE weighted by alpha = "
                "exp(-|r(x)| / (sigma * mean|r|)), lambda * R weighted by 1 - alpha", adaptive="adaframe"),
+        Method("elastix", "none", False, "classical multi-resolution B-spline registration with elastix "
+               "(config.elastix), no network", trainable=False),
     )
 }
 

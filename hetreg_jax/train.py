@@ -53,6 +53,13 @@ def params_finite(state: ts.TrainState) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
+def _classical(config) -> bool:
+    """Whether ``config.method`` trains no network (``method="elastix"``)."""
+    from hetreg_jax import methods
+
+    return not methods.get_method(config.method).trainable
+
+
 def _checkpoint_meta(config, step: int) -> dict:
     return {"step": int(step), "model": config.model, "method": config.method,
             "image_size": list(config.data.image_size)}
@@ -150,6 +157,9 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
     from hetreg_jax import workdir as workdir_lib
     from hetreg_jax.checkpointing import Checkpointer
 
+    if _classical(config):  # elastix: no network; registers the test pairs and writes the same reports
+        from hetreg_jax import elastix
+        return elastix.evaluate(config, workdir, allow_config_change=allow_config_change)
     splits, trainer, abstract = _prepare(config, mesh)
     lead = jax.process_index() == 0
     with workdir_lib.WorkdirLock(workdir, enabled=lead) as lock:
@@ -265,6 +275,9 @@ def evaluate_checkpoint(config, workdir: str, mesh: jax.sharding.Mesh | None = N
     from hetreg_jax.checkpointing import complete_steps
 
     validate_config(config)
+    if _classical(config):  # elastix has no checkpoint: --mode=eval registers the test pairs again
+        from hetreg_jax import elastix
+        return elastix.evaluate(config, workdir, out=out, record=False)
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     no_checkpoint = f"no checkpoint in {ckpt_dir}: train first (--mode=train)"
     if not os.path.isdir(workdir):

@@ -1,0 +1,213 @@
+"""The classical baseline: multi-resolution B-spline registration with elastix (``method="elastix"``).
+
+elastix (Klein et al. 2010) through the ``itk-elastix`` package; no network is trained. Each test
+pair is registered on its own, then scored by the same code as the networks (``evaluation.score``).
+
+The paper gives no parameter map; :func:`parameter_map` is a standard one (see the README table):
+one metric, ``AdaptiveStochasticGradientDescent`` on a ``BSplineTransform``, a 3-level smoothing
+pyramid with the grid refined by 2 per level, random-coordinate sampling with a fixed
+``RandomSeed`` and a fixed thread count (elastix's gradient sums depend on it), so a run is
+reproducible.
+
+Conversion to the project's convention (README, Conventions). elastix registers the moving image to
+the fixed one: its transform ``T`` maps a point of the fixed grid to the moving image, and the
+result is ``m(T(x))``; transformix's deformation field is ``T(x) - x`` on the fixed grid, which is
+our ``u`` (``warp(m, u)(x) = m(x + u(x))``). ITK indexes a numpy array ``[z, y, x]`` (``[y, x]``)
+but orders vector components ``(x, y[, z])``, in physical units: the components are reversed and,
+with the unit spacing and zero origin given to the images here, already in voxels. Tested with a
+known translation.
+
+``import itk`` (and its lazily loaded elastix module, ~15-30 s on a loaded CPU) happens only here,
+on the first registration, and is excluded from ``seconds_per_pair``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+
+METRICS = {"mean_squares": "AdvancedMeanSquares", "mutual_information": "AdvancedMattesMutualInformation",
+           "ncc": "AdvancedNormalizedCorrelation"}
+_ITK = None
+
+
+def _itk():
+    """``itk`` with its elastix classes loaded (their lazy load is the slow part of the import)."""
+    global _ITK
+    if _ITK is None:
+        import itk
+        itk.ParameterObject, itk.ElastixRegistrationMethod, itk.TransformixFilter  # noqa: B018 (force the load)
+        _ITK = itk
+    return _ITK
+
+
+def parameter_map(elastix_cfg, ndim: int, seed: int = 0) -> dict[str, list[str]]:
+    """The elastix parameter map of ``config.elastix`` for ``ndim``-D images (each value a list of
+    strings, one per level or axis where elastix expects several)."""
+    levels = int(elastix_cfg.resolutions)
+    factors = [2 ** (levels - 1 - r) for r in range(levels)]  # pyramid and grid: 4, 2, 1 for 3 levels
+    scalars = {
+        "Registration": "MultiResolutionRegistration",
+        "Metric": METRICS[elastix_cfg.metric],
+        "Transform": "BSplineTransform",
+        "BSplineTransformSplineOrder": "3",
+        "FinalGridSpacingInPhysicalUnits": f"{float(elastix_cfg.grid_spacing):g}",
+        "GridSpacingSchedule": [str(f) for f in factors],
+        "HowToCombineTransforms": "Compose",
+        "Optimizer": "AdaptiveStochasticGradientDescent",
+        "AutomaticParameterEstimation": "true",
+        "MaximumNumberOfIterations": str(int(elastix_cfg.iterations)),
+        "NumberOfResolutions": str(levels),
+        "FixedImagePyramid": "FixedSmoothingImagePyramid",
+        "MovingImagePyramid": "MovingSmoothingImagePyramid",
+        "FixedImagePyramidSchedule": [str(f) for f in factors for _ in range(ndim)],
+        "MovingImagePyramidSchedule": [str(f) for f in factors for _ in range(ndim)],
+        "ImageSampler": "RandomCoordinate",
+        "NumberOfSpatialSamples": str(int(elastix_cfg.samples)),
+        "NewSamplesEveryIteration": "true",
+        "CheckNumberOfSamples": "true",
+        "MaximumNumberOfSamplingAttempts": "8",
+        "RandomSeed": str(int(seed)),
+        "NumberOfHistogramBins": "32",  # used by mutual_information only
+        "Interpolator": "LinearInterpolator",
+        "ResampleInterpolator": "FinalLinearInterpolator",
+        "Resampler": "DefaultResampler",
+        "DefaultPixelValue": "0",
+        "WriteResultImage": "false",
+        "ResultImageFormat": "nii",
+    }
+    return {k: (v if isinstance(v, list) else [v]) for k, v in scalars.items()}
+
+
+def register_pair(moving: np.ndarray, fixed: np.ndarray, config) -> np.ndarray:
+    """Register one pair (``[*S]`` images, 2D or 3D, intensities in [0, 1]) with elastix.
+
+    Returns the displacement ``u`` ``[*S, ndim]`` float32 in the project's convention: voxels,
+    component ``k`` along array axis ``k``, ``warp(moving, u) ≈ fixed`` on the fixed grid. Uses
+    ``config.elastix`` and ``config.seed`` (elastix's ``RandomSeed``).
+    """
+    moving, fixed = np.asarray(moving, np.float32), np.asarray(fixed, np.float32)
+    if moving.shape != fixed.shape or moving.ndim not in (2, 3):
+        raise ValueError(f"elastix.register_pair needs two images of one 2D or 3D shape [*S]; got moving "
+                         f"{moving.shape} and fixed {fixed.shape}")
+    itk = _itk()
+    ndim = moving.ndim
+    params = itk.ParameterObject.New()
+    params.AddParameterMap(parameter_map(config.elastix, ndim, config.seed))
+    fixed_image = itk.GetImageFromArray(np.ascontiguousarray(fixed))  # spacing 1, origin 0, identity direction
+    moving_image = itk.GetImageFromArray(np.ascontiguousarray(moving))
+    _, transform = itk.elastix_registration_method(
+        fixed_image, moving_image, parameter_object=params, log_to_console=False,
+        number_of_threads=int(config.elastix.threads))
+    with tempfile.TemporaryDirectory(prefix="hetreg_transformix_") as scratch:  # transformix writes the field
+        transformix = itk.TransformixFilter.New(moving_image, transform_parameter_object=transform)
+        transformix.SetComputeDeformationField(True)
+        transformix.SetOutputDirectory(scratch)
+        transformix.SetLogToConsole(False)
+        transformix.UpdateLargestPossibleRegion()
+        field = np.array(itk.array_from_image(transformix.GetOutputDeformationField()), np.float32)
+    if field.shape != (*fixed.shape, ndim):
+        raise RuntimeError(f"transformix returned a field of shape {field.shape} for images {fixed.shape}")
+    return np.ascontiguousarray(field[..., ::-1])  # (x, y[, z]) components -> array-axis order
+
+
+def _warp_all(pairs, displacement: np.ndarray) -> dict[str, np.ndarray]:
+    """The warped images and soft warped ED myocardium, with the networks' warp (linear, zeros outside)."""
+    import jax
+    import jax.numpy as jnp
+
+    from hetreg_jax import evaluation, spatial
+
+    @jax.jit
+    def warp(moving, moving_myo, disp):
+        return spatial.warp(moving, disp), spatial.warp(moving_myo, disp)
+
+    myo = (pairs["moving_label"] == evaluation.MYOCARDIUM)[..., None].astype(np.float32)
+    warped, warped_myo = warp(jnp.asarray(pairs["moving"]), jnp.asarray(myo), jnp.asarray(displacement))
+    return {"displacement": displacement, "warped": np.asarray(warped), "warped_myo": np.asarray(warped_myo)}
+
+
+def _eta(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def register_split(pairs, config, say=print) -> tuple[dict[str, np.ndarray], list[float]]:
+    """Register every pair of a split; the predictions (``displacement``, ``warped``, ``warped_myo``)
+    and the wall time of each registration in seconds (registration + deformation field)."""
+    n = len(pairs["moving"])
+    t0 = time.perf_counter()
+    _itk()
+    say(f"elastix loaded in {time.perf_counter() - t0:.1f} s; registering {n} pairs "
+        f"({config.elastix.metric}, {config.elastix.iterations} iterations x {config.elastix.resolutions} "
+        f"levels, grid {config.elastix.grid_spacing:g} px, {config.elastix.threads} thread(s))")
+    fields, seconds, last_report = [], [], time.perf_counter()
+    for i in range(n):
+        start = time.perf_counter()
+        fields.append(register_pair(pairs["moving"][i, ..., 0], pairs["fixed"][i, ..., 0], config))
+        seconds.append(time.perf_counter() - start)
+        if time.perf_counter() - last_report >= 5.0 or i + 1 == n:
+            last_report = time.perf_counter()
+            eta = np.mean(seconds) * (n - i - 1)
+            say(f"registered {i + 1}/{n} pairs | {seconds[-1]:.2f} s/pair | ETA {_eta(eta)}")
+    shape = pairs["moving"].shape[1:-1]
+    displacement = np.stack(fields) if fields else np.zeros((0, *shape, len(shape)), np.float32)
+    return _warp_all(pairs, displacement), seconds
+
+
+def evaluate(config, workdir: str, out: str | None = None, record: bool = True,
+             allow_config_change: bool = False) -> dict:
+    """Register and score the test split (loaded as training does); write ``test_metrics.json``,
+    ``test_per_pair.csv`` and ``test_examples.png`` to ``out`` (default ``workdir/eval``).
+
+    ``record=True`` (``--mode=train``): the workdir is locked, compared with and recorded in
+    ``config.json`` like a training run. ``record=False`` (``--mode=eval``): read-only lock, nothing
+    written outside the report folder. ``seconds_per_pair`` (mean/std/n of the wall time per
+    registration, the itk import excluded) is added to the summary.
+    """
+    import jax
+
+    from hetreg_jax import evaluation
+    from hetreg_jax import workdir as workdir_lib
+    from hetreg_jax.config_check import validate_config
+    from hetreg_jax.data import pipeline
+    from hetreg_jax.progress import print_summary, say
+
+    validate_config(config)
+    lead = jax.process_index() == 0
+    data = config.data
+    say(f"loading data: {data.root or f'built-in {data.dataset} phantoms'}, {'x'.join(map(str, data.image_size))} ...")
+    splits = pipeline.load_splits(config)
+    test = splits["test"]
+    outdir = out or os.path.join(workdir, "eval")
+    with workdir_lib.WorkdirLock(workdir, enabled=lead, read_only=not record) as lock:
+        if record:
+            changes = workdir_lib.config_changes(config, workdir, allow_config_change)
+            if lead:
+                lock.claim()
+                workdir_lib.record_config(config, workdir, changes)
+            if changes:
+                say("config changed: " + "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changes.items()))
+        if lead:
+            workdir_lib.check_writable(outdir, "--out" if out else "--workdir")
+        say(f"elastix: no training, registering {pipeline.num_pairs(test)} test pairs")
+        pred, seconds = register_split(test, config, say)
+        summary = evaluation.score(test, pred, config, outdir if lead else None, extra={
+            "method": "elastix", "seconds_per_pair": _timing(seconds),
+            "parameter_map": parameter_map(config.elastix, len(data.image_size), config.seed),
+            "threads": int(config.elastix.threads)})
+    print_summary(summary, outdir)
+    timing = summary["seconds_per_pair"]
+    say(f"elastix: {timing['mean']:.3f} ± {timing['std']:.3f} s per pair ({timing['n']} pairs, "
+        f"{config.elastix.threads} thread(s))")
+    return summary
+
+
+def _timing(seconds: list[float]) -> dict:
+    from hetreg_jax import metrics
+
+    return {**metrics.summarize(seconds), "unit": "s (elastix registration + deformation field, wall time)"}
