@@ -55,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss.smooth_weight = 0.01     # lambda of the smoothness regulariser
     c.loss.reg_scale = 1.0          # extra factor on the regulariser (authors' code: int_downsize = 2)
     c.loss.snr_form = "paper"       # "paper" (I_f^2/sigma^2)^gamma or "reference" (I_f/sigma^2)^gamma
-    c.loss.minmax_scope = "mask"    # SNR min/max over "tensor" (masked-out SNR = 0, authors' code) or "mask" only
+    c.loss.minmax_scope = "tensor"  # SNR min/max over "tensor" (masked-out SNR = 0, authors' code) or "mask" only
     c.loss.use_mask = True          # restrict residuals, log-variance and weights to the foreground
     c.loss.ncc_window = 9           # window of the NCC baseline
     c.loss.mi_bins = 32             # histogram bins of the MI baseline

@@ -104,7 +104,7 @@ def motion_loss(fixed: jax.Array, warped: jax.Array, field: jax.Array,
 # SNR weighting map
 # ---------------------------------------------------------------------------------------------
 def minmax(x: jax.Array, mask: jax.Array | None = None, eps: float = 1e-8,
-           scope: str = "mask") -> jax.Array:
+           scope: str = "tensor") -> jax.Array:
     """`(x − min) / (max − min + eps)`, min and max taken over the whole batch tensor.
 
     Without a mask both scopes are the same. With a mask:
@@ -152,7 +152,7 @@ def snr(fixed: jax.Array, log_var: jax.Array, gamma: float | jax.Array,
 
 def snr_weight(fixed: jax.Array, log_var: jax.Array, gamma: float | jax.Array,
                form: str = "paper", mask: jax.Array | None = None,
-               scope: str = "mask") -> jax.Array:
+               scope: str = "tensor") -> jax.Array:
     """Weight map `w = stop_gradient(sigmoid(minmax(SNR^γ, mask, scope))) · mask` of Eq. 4.
 
     A constant for the motion update: no gradient reaches `fixed`, `log_var` (hence φ) or `mask`.

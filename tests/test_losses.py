@@ -133,7 +133,7 @@ def test_gamma_zero_gives_constant_half(form):
     np.testing.assert_allclose(losses.weighted_mse(fixed, warped, w),
                                0.5 * losses.mse(fixed, warped), rtol=1e-6)
     mask = (warped > 0.5).astype(jnp.float32)
-    w_masked = losses.snr_weight(fixed, log_var, 0.0, form, mask)
+    w_masked = losses.snr_weight(fixed, log_var, 0.0, form, mask, scope="mask")
     np.testing.assert_array_equal(w_masked, 0.5 * np.asarray(mask))
     np.testing.assert_allclose(losses.weighted_mse(fixed, warped, w_masked, mask),
                                0.5 * losses.mse(fixed, warped, mask), rtol=1e-6)
@@ -153,7 +153,7 @@ def test_weight_range_and_extremes(form):
     mask = np.ones(fixed.shape, np.float32)
     mask.flat[np.argmax(snr)] = 0.0
     mask.flat[np.argmin(snr)] = 0.0
-    wm = np.asarray(losses.snr_weight(fixed, log_var, 0.5, form, jnp.asarray(mask)))
+    wm = np.asarray(losses.snr_weight(fixed, log_var, 0.5, form, jnp.asarray(mask), scope="mask"))
     inside = np.where(mask.ravel() > 0)[0]
     snr_in = snr.ravel()[inside]
     np.testing.assert_allclose(wm.ravel()[inside[np.argmax(snr_in)]], SIG1, rtol=1e-7)
@@ -166,8 +166,8 @@ def test_minmax_whole_batch_and_empty_mask():
     x = jnp.array([[1.0, 3.0], [5.0, 2.0]])
     np.testing.assert_allclose(losses.minmax(x), [[0.0, 0.5], [1.0, 0.25]], rtol=1e-6)
     mask = jnp.array([[1.0, 1.0], [0.0, 1.0]])
-    np.testing.assert_allclose(losses.minmax(x, mask), [[0.0, 1.0], [0.0, 0.5]], rtol=1e-6)
-    np.testing.assert_array_equal(losses.minmax(x, jnp.zeros_like(x)), np.zeros((2, 2)))
+    np.testing.assert_allclose(losses.minmax(x, mask, scope="mask"), [[0.0, 1.0], [0.0, 0.5]], rtol=1e-6)
+    np.testing.assert_array_equal(losses.minmax(x, jnp.zeros_like(x), scope="mask"), np.zeros((2, 2)))
 
 
 # ------------------------------------------------------------------------------------ NLL family
