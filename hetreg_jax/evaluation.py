@@ -24,14 +24,14 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from hetreg_jax import metrics, sharding
+from hetreg_jax import metrics, sharding, uncertainty
 from hetreg_jax.workdir import json_safe
 from hetreg_jax.data import pipeline
 
 MYOCARDIUM = 2
 REGISTERED_KEYS = ("dice", "hd", "hd95", "asd", "assd", "folding_percent", "sd_log_jacobian", "epe",
                    "epe_image")
-UNCERTAINTY_KEYS = ("ause", "sparsification_mse0")
+UNCERTAINTY_KEYS = ("ause", "sparsification_mse0") + uncertainty.PAIR_KEYS
 
 
 def predict_pairs(trainer, state, pairs: Mapping, batch_size: int) -> dict[str, np.ndarray]:
@@ -107,6 +107,7 @@ def pair_rows(pairs: Mapping, pred: Mapping, label_rule: str, sparsification_ste
                     sq, pred["log_var"][i, ..., 0], steps=sparsification_steps, mask=fg)
                 row["sparsification_mse0"] = float(curve[0])
                 curves.append((curve, oracle))
+        row.update(uncertainty.pair_metrics(pairs, pred, i, sparsification_steps))  # sigma_I / sigma_z vs truth
         rows.append(row)
     return rows, excluded, curves
 
@@ -130,7 +131,8 @@ def summarize(rows: list[dict], excluded: list[dict], n_pairs: int) -> dict:
                         "sd_log_jacobian": "std of log det J (2-voxel border cropped)",
                         "epe": "px (inside the ES myocardium)", "epe_image": "px (whole image)",
                         "ause": "squared normalised intensity (area between sparsification and oracle)",
-                        "sparsification_mse0": "squared normalised intensity (foreground MSE)"}
+                        "sparsification_mse0": "squared normalised intensity (foreground MSE)",
+                        **uncertainty.UNITS}
     return summary
 
 
@@ -174,11 +176,14 @@ def score(pairs: Mapping, pred: Mapping, config, outdir: str | None = None, name
                                      "curve": list(np.mean([c for c, _ in curves], axis=0)),
                                      "oracle": list(np.mean([o for _, o in curves], axis=0)),
                                      "n_pairs": len(curves)}
+    summary.update(uncertainty.split_summary(pairs, pred, [r["pair_id"] for r in rows], steps))
     if outdir is not None:
         write_reports(outdir, rows, summary, name)
         if jax.process_index() == 0:
             from hetreg_jax import figures
             figures.examples(pairs, pred, os.path.join(outdir, f"{name}_examples.png"))
+            figures.uncertainty_maps(pairs, pred, os.path.join(outdir, "uncertainty.png"))
+            figures.sigma_z_curves(summary, os.path.join(outdir, "sigma_z_calibration.png"))
     return summary
 
 

@@ -133,3 +133,103 @@ def example_figure(pairs, pred: dict, count: int = EXAMPLE_PAIRS):
 def _view_field(field: np.ndarray) -> np.ndarray:
     """A displacement ``[*S, D]`` as its 2D view ``[X, Y, D]`` (3D: the middle slice of the last axis)."""
     return field if field.ndim == 3 else field[..., field.shape[-2] // 2, :]
+
+
+def uncertainty_maps(pairs, pred: dict, path: str, count: int = 3) -> str | None:
+    """``eval/uncertainty.png``: for up to ``count`` pairs, cropped to the heart: the fixed image,
+    |fixed − warped|, the predicted σ_I and (phantoms) the true noise σ on one colour scale, the SNR
+    weight, the predicted σ_z and (phantoms) |u_pred − u_true| on one colour scale. None when the
+    prediction has neither σ_I nor σ_z."""
+    if ("log_var" not in pred and "sigma_z" not in pred) or len(pairs["pair_id"]) == 0:
+        return None
+    n = len(pairs["pair_id"])
+    picks = np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
+    plt = _pyplot()
+    columns = ["fixed", "|fixed − warped|"]
+    if "log_var" in pred:
+        columns += ["predicted σ_I"] + (["true σ (phantom)"] if "noise_sigma" in pairs else [])
+    if "weight" in pred:
+        columns.append("SNR weight")
+    if "sigma_z" in pred:
+        columns += ["predicted σ_z"] + (["|u_pred − u_true|"] if "displacement" in pairs else [])
+    units = {"|fixed − warped|": "intensity", "predicted σ_I": "intensity", "true σ (phantom)": "intensity",
+             "SNR weight": "w", "predicted σ_z": "px", "|u_pred − u_true|": "px"}
+    fig, axes = plt.subplots(len(picks), len(columns), figsize=(2.3 * len(columns), 2.4 * len(picks)),
+                             squeeze=False)
+    for row, i in zip(axes, picks):
+        fixed = _view(pairs["fixed"][i, ..., 0])
+        box = _heart_box(_view(pairs["moving_label"][i]) == MYOCARDIUM, _view(pairs["fixed_label"][i]) == MYOCARDIUM)
+        values = {"fixed": fixed, "|fixed − warped|": np.abs(fixed - _view(pred["warped"][i, ..., 0]))}
+        if "log_var" in pred:
+            values["predicted σ_I"] = np.exp(0.5 * _view(pred["log_var"][i, ..., 0]))
+        if "noise_sigma" in pairs:
+            values["true σ (phantom)"] = _view(pairs["noise_sigma"][i, ..., 0])
+        if "weight" in pred:
+            values["SNR weight"] = _view(pred["weight"][i, ..., 0])
+        if "sigma_z" in pred:
+            values["predicted σ_z"] = _view(pred["sigma_z"][i, ..., 0])
+        if "displacement" in pairs:
+            values["|u_pred − u_true|"] = np.linalg.norm(
+                _view_field(pred["displacement"][i]) - _view_field(pairs["displacement"][i]), axis=-1)
+        shared = {}  # predicted and true on one scale, so that a reader can compare them
+        for a, b in (("predicted σ_I", "true σ (phantom)"), ("predicted σ_z", "|u_pred − u_true|")):
+            if a in columns and b in columns:
+                top = max(np.percentile(values[a][box], 99), np.percentile(values[b][box], 99), 1e-6)
+                shared[a] = shared[b] = (0.0, float(top))
+        for ax, title in zip(row, columns):
+            if title == "fixed":
+                ax.imshow(values[title][box], cmap="gray", vmin=0, vmax=1)
+                ax.set_title(f"{pairs['pair_id'][i]}\nfixed (ES)", fontsize=8)
+            else:
+                vmin, vmax = shared.get(title, (None, None))
+                cmap = "cividis" if title == "SNR weight" else "magma" if title.startswith("|") else "viridis"
+                shown = ax.imshow(values[title][box], cmap=cmap, vmin=vmin, vmax=vmax)
+                bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+                bar.set_label(units[title], fontsize=7)
+                bar.ax.tick_params(labelsize=6)
+                ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def sigma_z_curves(summary: dict, path: str) -> str | None:
+    """``eval/sigma_z_calibration.png``: sparsification by σ_z of the squared true endpoint error
+    (phantoms) and of the squared residual, each with its oracle, and the σ_z calibration curve
+    (observed RMS endpoint error against √ndim · RMS σ_z per bin). None without σ_z."""
+    sparse = summary.get("sigma_z_sparsification")
+    if not sparse:
+        return None
+    panels = [(key, title, unit) for key, title, unit in
+              (("true_epe", "squared true endpoint error\nranked by σ_z", "mean ‖u_pred − u_true‖² (px²)"),
+               ("residual", "squared residual\nranked by σ_z", "mean (I_f − Î_f)²")) if key in sparse]
+    calibration = summary.get("sigma_z_calibration")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels) + bool(calibration), figsize=(3.6 * (len(panels) + 1), 3.2),
+                             squeeze=False)
+    f = sparse["fraction_removed"]
+    for ax, (key, title, unit) in zip(axes[0], panels):
+        ax.plot(f, sparse[key]["curve"], label="ranked by σ_z")
+        ax.plot(f, sparse[key]["oracle"], "--", label="oracle")
+        ax.set_xlabel("fraction of voxels removed")
+        ax.set_ylabel(unit, fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    if calibration:
+        ax = axes[0][-1]
+        pred, obs = calibration["predicted"], calibration["observed"]
+        ax.plot(pred, obs, "o-", label=f"bins (ECE {calibration['ece']:.3f} px)")
+        top = max(max(pred), max(obs)) * 1.05
+        ax.plot([0, top], [0, top], "k:", label="calibrated")
+        ax.set_xlabel("predicted RMS error √ndim·σ_z (px)")
+        ax.set_ylabel("observed RMS endpoint error (px)")
+        ax.set_title("σ_z calibration (10 equal-count bins)", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -294,6 +294,70 @@ def sparsification_curves(sq_error, uncertainty, steps: int = 50, mask=None):
 
 
 # ----------------------------------------------------------------------------------------------
+# Uncertainty against a ground truth: variance calibration, displacement-sigma calibration
+# ----------------------------------------------------------------------------------------------
+
+
+def variance_calibration(pred_log_var, true_sigma, mask=None) -> dict:
+    """Predicted image log-variance ``log σ_pred²`` against the true noise std ``σ_true`` (same shape).
+
+    Over the voxels of ``mask`` (all if None) where ``σ_true > 0``: ``pearson`` and ``spearman``
+    correlations of ``log σ_pred²`` with ``log σ_true²``, and ``median_ratio`` = the median of
+    ``σ_pred / σ_true`` (1 = calibrated; > 1 over-estimates the noise). Fewer than two voxels, or a
+    constant input, gives ``NaN`` for the correlations (``median_ratio`` needs one voxel).
+    """
+    pred = np.asarray(pred_log_var, dtype=np.float64)
+    true = np.asarray(true_sigma, dtype=np.float64)
+    if pred.shape != true.shape:
+        raise ValueError(f"pred_log_var {pred.shape} and true_sigma {true.shape} differ in shape")
+    keep = true > 0
+    if mask is not None:
+        keep &= _as_mask(mask)
+    x, sigma = pred[keep], true[keep]
+    out = dict(pearson=float("nan"), spearman=float("nan"), median_ratio=float("nan"))
+    if x.size:
+        out["median_ratio"] = float(np.median(np.exp(0.5 * x) / sigma))
+    y = 2.0 * np.log(sigma)
+    if x.size >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0:
+        out["pearson"] = float(stats.pearsonr(x, y)[0])
+        out["spearman"] = float(stats.spearmanr(x, y)[0])
+    return out
+
+
+def sigma_calibration(sq_error, sigma, ndim: int, bins: int = 10, mask=None) -> dict:
+    """Calibration of a predicted isotropic displacement std ``sigma`` (voxels, one per voxel)
+    against the squared endpoint error ``sq_error`` = ``‖u_pred − u_true‖²`` (voxels²).
+
+    The voxels (of ``mask``; all if None) are sorted by ``sigma`` (stable) and cut into ``bins``
+    groups of equal count (``np.array_split``; fewer voxels than bins gives one voxel per group).
+    Per group: ``predicted`` = ``√ndim · sqrt(mean σ²)``, the RMS endpoint error an isotropic
+    N(0, σ² I) error of ``ndim`` components would have, and ``observed`` = ``sqrt(mean sq_error)``,
+    both in voxels, with ``count`` voxels and ``sigma`` = the group's mean σ. ``ece`` (expected
+    calibration error, voxels) = ``Σ count/N · |observed − predicted|``; 0 for a calibrated σ.
+    No voxel -> ``ece`` NaN and empty lists.
+    """
+    err = _select(sq_error, mask)
+    sig = _select(sigma, mask)
+    if err.shape != sig.shape:
+        raise ValueError(f"sq_error and sigma differ in shape: {err.shape} vs {sig.shape}")
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    out = dict(sigma=[], predicted=[], observed=[], count=[], ece=float("nan"))
+    if err.size == 0:
+        return out
+    order = np.argsort(sig, kind="stable")
+    for group in np.array_split(order, min(bins, err.size)):
+        out["sigma"].append(float(sig[group].mean()))
+        out["predicted"].append(float(np.sqrt(ndim * np.mean(sig[group] ** 2))))
+        out["observed"].append(float(np.sqrt(np.mean(err[group]))))
+        out["count"].append(int(group.size))
+    counts = np.asarray(out["count"], np.float64)
+    gaps = np.abs(np.asarray(out["observed"]) - np.asarray(out["predicted"]))
+    out["ece"] = float(np.sum(counts * gaps) / counts.sum())
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # Statistics over pairs
 # ----------------------------------------------------------------------------------------------
 

@@ -21,6 +21,9 @@ Outputs in ``--out``, all on the fixed image's grid with its affine and header:
   axes; spatial axes padded to 3; the through-plane component of slice-wise ACDC registration is 0);
 - ``log_variance.nii.gz`` and ``weight.nii.gz`` (methods with a variance net): the predicted log
   sigma^2 of the fixed image's noise (normalised intensity units) and the SNR weight in [0.5, 0.73];
+- ``displacement_sigma.nii.gz`` (models predicting σ_z: ``motion.predict_sigma`` or ``vxm_diff``): the
+  predicted per-voxel displacement std σ_z of the mean displacement, in voxels of the fixed grid
+  (resize mode: σ_z times the RMS of the per-axis scale factors; crop mode: NaN outside the crop);
 - ``warped_label.nii.gz`` (with ``--moving_label``): every label warped linearly as a one-hot map,
   then the most likely label per voxel (for the myocardium alone: the evaluation's 0.5 threshold);
 - ``overview.png``: moving, fixed, warped, |fixed - warped|, |u|, log-variance, weight.
@@ -99,14 +102,18 @@ def to_fixed_grid(inputs: Inputs, pred: dict) -> dict:
             return np.stack([preprocess.uncrop(w, inputs.crop_start, shape[:2], fill) for w in window], axis=2)
         in_plane = place(pred["displacement"], 0.0)
         out["displacement"] = np.concatenate([in_plane, np.zeros_like(in_plane[..., :1])], axis=-1)
-        for key in ("log_var", "weight"):
+        for key in ("log_var", "weight", "sigma_z"):
             if key in pred:
                 out[key] = place(pred[key][..., 0], np.nan)
         return out
     out["displacement"] = preprocess.resize_field(pred["displacement"][0], shape)
-    for key in ("log_var", "weight"):
+    for key in ("log_var", "weight", "sigma_z"):
         if key in pred:
             out[key] = preprocess.resize(pred[key][0, ..., 0], shape, order=1)
+    if "sigma_z" in pred:  # network voxels -> fixed voxels: the RMS of the per-axis scale factors
+        net = pred["displacement"].shape[1:-1]
+        scales = [(f - 1) / (n - 1) if n > 1 else 1.0 for f, n in zip(shape, net)]
+        out["sigma_z"] = out["sigma_z"] * float(np.sqrt(np.mean(np.square(scales))))
     return out
 
 
@@ -236,7 +243,8 @@ def write_outputs(out: str, fixed: nifti.Volume, full: dict, moving_on_grid: np.
     geometry = dict(affine=fixed.affine, header=fixed.header)
     paths = {"displacement": nifti.write_vector(os.path.join(out, "displacement.nii.gz"),
                                                 full["displacement"], name="displacement", **geometry)}
-    names = {"warped": "warped", "log_var": "log_variance", "weight": "weight", "warped_label": "warped_label"}
+    names = {"warped": "warped", "log_var": "log_variance", "weight": "weight", "warped_label": "warped_label",
+             "sigma_z": "displacement_sigma"}
     for key, name in names.items():
         if key in full:
             paths[key] = nifti.write(os.path.join(out, f"{name}.nii.gz"), full[key],
@@ -269,7 +277,8 @@ def overview(path: str, moving: np.ndarray, fixed: np.ndarray, full: dict,
               ("|fixed − warped|", np.abs(fixed - full["warped"]), "magma", "intensity"),
               ("|u|", np.linalg.norm(full["displacement"], axis=-1), "viridis", "voxels")]
     panels += [(title, full[key], "viridis", unit) for key, title, unit in
-               (("log_var", "log σ² (noise)", "log intensity²"), ("weight", "SNR weight", "w")) if key in full]
+               (("log_var", "log σ² (noise)", "log intensity²"), ("weight", "SNR weight", "w"),
+                ("sigma_z", "σ_z (displacement std)", "voxels")) if key in full]
     fig, axes = plt.subplots(2, 4, figsize=(12, 6.4))
     for ax in axes.flat:
         ax.axis("off")
