@@ -25,6 +25,8 @@ MODELS = ("voxelmorph", "transmorph")
 MOTION_SCHEDULES = ("auto", "constant", "poly")
 LABEL_RULES = ("threshold", "reference")
 DATA_PLACEMENTS = ("auto", "device", "host")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+REMAT_MODES = ("none", "blocks")
 POSITIVE_INTS = ("num_steps", "steps_per_epoch", "batch_size", "steps_per_call", "log_every", "checkpoint_every",
                  "keep_checkpoints", "eval.batch_size", "data.slices_per_subject")
 NON_NEGATIVE_INTS = ("seed", "eval_every", "warm_start_epochs", "motion.int_steps", "eval.val_pairs")
@@ -102,6 +104,8 @@ def validate_config(config) -> None:
     _check_choice(config, "eval.label_rule", LABEL_RULES)
     _check_choice(config, "data.dataset", synthetic.KINDS)
     _check_choice(config, "data.on_device", DATA_PLACEMENTS)
+    _check_choice(config, "compute_dtype", COMPUTE_DTYPES)
+    _check_choice(config, "remat", REMAT_MODES)
     if config.data.on_device == "host" and config.steps_per_call > 1:
         raise _refuse("steps_per_call", config.steps_per_call,
                       "1 with data.on_device='host' (several steps per call gather their batches on the devices)")

@@ -23,6 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3          # how many recent checkpoints to keep
     c.warm_start = False            # motion-only (w = 1), then variance-only, then alternating
     c.warm_start_epochs = 10        # length of each warm-start phase, in epochs
+    c.compute_dtype = "float32"     # network compute dtype: "float32" or "bfloat16" (params, warp, losses stay float32)
+    c.remat = "none"                # "blocks": recompute each U-Net level / Swin block in the backward pass
 
     c.motion = ml_collections.ConfigDict()
     c.motion.enc_features = (16, 32, 32, 32)               # VoxelMorph encoder widths

@@ -31,11 +31,18 @@ LOG_VAR_RANGE = (-15.0, 15.0)
 PHASES = ("motion", "motion_warmup", "variance", "alternating", "joint")
 
 
+def precision_kwargs(config) -> dict:
+    """``dtype`` (``config.compute_dtype``) and ``remat`` (``config.remat == "blocks"``) of every network;
+    configs saved before these keys existed mean float32 without rematerialisation."""
+    return dict(dtype=jnp.dtype(config.get("compute_dtype", "float32")),
+                remat=config.get("remat", "none") == "blocks")
+
+
 def motion_model_kwargs(config) -> dict:
     """Constructor arguments of the displacement estimator named by ``config.model``."""
     if config.model == "voxelmorph":
         m = config.motion
-        return dict(enc_features=tuple(m.enc_features), dec_features=tuple(m.dec_features),
+        return dict(**precision_kwargs(config), enc_features=tuple(m.enc_features), dec_features=tuple(m.dec_features),
                     int_steps=m.int_steps, int_downsize=m.int_downsize, bidirectional=m.bidirectional,
                     predict_sigma=m.predict_sigma, probabilistic=config.method == "vxm_diff")
     if config.model == "transmorph":
@@ -43,7 +50,7 @@ def motion_model_kwargs(config) -> dict:
         size = tuple(config.data.image_size)
         kwargs = transmorph_config(len(size), size)
         t = config.transmorph
-        kwargs.update(embed_dim=t.embed_dim, depths=tuple(t.depths), num_heads=tuple(t.num_heads),
+        kwargs.update(**precision_kwargs(config), embed_dim=t.embed_dim, depths=tuple(t.depths), num_heads=tuple(t.num_heads),
                       drop_path_rate=t.drop_path_rate, predict_sigma=config.motion.predict_sigma)
         if tuple(t.window_size) != (0,):
             kwargs["window_size"] = tuple(t.window_size)
@@ -94,7 +101,7 @@ class Trainer:
         if self.method.uses_variance:
             v = config.variance
             self.variance_model = get_model("variance_unet", enc_features=tuple(v.enc_features),
-                                            dec_features=tuple(v.dec_features))
+                                            dec_features=tuple(v.dec_features), **precision_kwargs(config))
         self.motion_tx = optax.adam(motion_schedule(config))
         self.variance_tx = optax.adam(config.optim.variance_lr)
         self.bidirectional = config.model == "voxelmorph" and config.motion.bidirectional

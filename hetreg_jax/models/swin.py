@@ -20,13 +20,19 @@ default ``U(±1/sqrt(fan_in))``; biases are zero (PyTorch draws them from the sa
 the bias table is N(0, 0.02²) (timm's ``trunc_normal_`` truncates at ±2 absolute, i.e. never).
 Dropout and attention dropout are absent (rate 0 in every TransMorph configuration); stochastic depth
 (DropPath) uses the ``'dropout'`` rng stream.
+
+Precision and memory: every module takes a compute ``dtype`` (e.g. ``jnp.bfloat16``): Dense, Conv and
+LayerNorm layers compute in it (LayerNorm statistics in float32), the bias table and the shift mask are
+cast to it, and the attention softmax is taken in float32 and cast back; parameters stay float32.
+``remat=True`` wraps each Swin block in ``flax.linen.remat`` (recomputed in the backward pass), with
+the same parameter names.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -38,9 +44,16 @@ LN_EPS = 1e-5
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def layer_norm(name: str) -> nn.LayerNorm:
-    """LayerNorm over channels with PyTorch's eps 1e-5 and a two-pass variance."""
-    return nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=False, name=name)
+def layer_norm(name: str, dtype: Any = jnp.float32) -> nn.LayerNorm:
+    """LayerNorm over channels with PyTorch's eps 1e-5 and a two-pass variance; output in ``dtype``."""
+    return nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=False, dtype=dtype, param_dtype=jnp.float32,
+                        name=name)
+
+
+def dense(features: int, name: str, dtype: Any, use_bias: bool = True) -> nn.Dense:
+    """Linear layer with PyTorch's default kernel init and zero bias, computing in ``dtype``."""
+    return nn.Dense(features, use_bias=use_bias, kernel_init=torch_default_init, dtype=dtype,
+                    param_dtype=jnp.float32, name=name)
 
 
 # Order of the 2**ndim sub-grids concatenated by patch merging (as in the reference, so that
@@ -145,6 +158,7 @@ class WindowAttention(nn.Module):
     num_heads: int
     window: tuple[int, ...]
     qkv_bias: bool = False
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
@@ -152,16 +166,18 @@ class WindowAttention(nn.Module):
         hd = c // self.num_heads
         table = self.param("relative_position_bias_table", nn.initializers.normal(0.02),
                            (math.prod(2 * w - 1 for w in self.window), self.num_heads))
-        qkv = nn.Dense(3 * c, use_bias=self.qkv_bias, kernel_init=torch_default_init, name="qkv")(x)
+        qkv = dense(3 * c, "qkv", self.dtype, use_bias=self.qkv_bias)(x)
         qkv = qkv.reshape(bw, n, 3, self.num_heads, hd).transpose(2, 0, 3, 1, 4)
         q, k, v = qkv[0] * hd**-0.5, qkv[1], qkv[2]
-        bias = table[relative_position_index(self.window)].transpose(2, 0, 1)  # [H, N, N]
+        bias = table[relative_position_index(self.window)].transpose(2, 0, 1).astype(self.dtype)  # [H, N, N]
         logits = jnp.einsum("bhnd,bhmd->bhnm", q, k) + bias[None]
         if mask is not None:
             nw = mask.shape[0]
+            mask = mask.astype(self.dtype)
             logits = (logits.reshape(-1, nw, self.num_heads, n, n) + mask[None, :, None]).reshape(logits.shape)
-        out = jnp.einsum("bhnm,bhmd->bnhd", jax.nn.softmax(logits, axis=-1), v).reshape(bw, n, c)
-        return nn.Dense(c, kernel_init=torch_default_init, name="proj")(out)
+        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        out = jnp.einsum("bhnm,bhmd->bnhd", attn, v).reshape(bw, n, c)
+        return dense(c, "proj", self.dtype)(out)
 
 
 class ShiftedWindowMSA(nn.Module):
@@ -173,6 +189,7 @@ class ShiftedWindowMSA(nn.Module):
     window: tuple[int, ...]
     shift: tuple[int, ...]
     qkv_bias: bool = False
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -185,7 +202,7 @@ class ShiftedWindowMSA(nn.Module):
         if shifted:
             x = jnp.roll(x, [-s for s in self.shift], axis=axes)
             mask = jnp.asarray(shifted_window_mask(padded, self.window, self.shift))
-        attn = WindowAttention(self.dim, self.num_heads, self.window, self.qkv_bias, name="attn")
+        attn = WindowAttention(self.dim, self.num_heads, self.window, self.qkv_bias, self.dtype, name="attn")
         x = window_reverse(attn(window_partition(x, self.window), mask), self.window, padded)
         if shifted:
             x = jnp.roll(x, list(self.shift), axis=axes)
@@ -196,12 +213,13 @@ class Mlp(nn.Module):
     """Linear(C → ratio·C) → exact GELU → Linear(→ C)."""
 
     hidden: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = nn.Dense(self.hidden, kernel_init=torch_default_init, name="fc1")(x)
+        y = dense(self.hidden, "fc1", self.dtype)(x)
         y = jax.nn.gelu(y, approximate=False)
-        return nn.Dense(x.shape[-1], kernel_init=torch_default_init, name="fc2")(y)
+        return dense(x.shape[-1], "fc2", self.dtype)(y)
 
 
 class SwinBlock(nn.Module):
@@ -214,14 +232,16 @@ class SwinBlock(nn.Module):
     mlp_ratio: float = 4.0
     qkv_bias: bool = False
     drop_path: float = 0.0
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         drop = DropPath(self.drop_path)
-        msa = ShiftedWindowMSA(self.dim, self.num_heads, self.window, self.shift, self.qkv_bias, name="msa")
-        x = x + drop(msa(layer_norm("norm1")(x)), deterministic)
-        mlp = Mlp(int(self.dim * self.mlp_ratio), name="mlp")
-        return x + drop(mlp(layer_norm("norm2")(x)), deterministic)
+        msa = ShiftedWindowMSA(self.dim, self.num_heads, self.window, self.shift, self.qkv_bias, self.dtype,
+                               name="msa")
+        x = x + drop(msa(layer_norm("norm1", self.dtype)(x)), deterministic)
+        mlp = Mlp(int(self.dim * self.mlp_ratio), self.dtype, name="mlp")
+        return x + drop(mlp(layer_norm("norm2", self.dtype)(x)), deterministic)
 
 
 class PatchMerging(nn.Module):
@@ -230,13 +250,15 @@ class PatchMerging(nn.Module):
     2D: 4C → 2C; 3D: 8C → 2C (the reference's ``pat_merg_rf = 4``). Halves every spatial axis.
     """
 
+    dtype: Any = jnp.float32
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         spatial, c = x.shape[1:-1], x.shape[-1]
         x = jnp.pad(x, [(0, 0)] + [(0, s % 2) for s in spatial] + [(0, 0)])
         parts = [x[(slice(None),) + tuple(slice(o, None, 2) for o in off)] for off in _MERGE_OFFSETS[len(spatial)]]
-        x = layer_norm("norm")(jnp.concatenate(parts, axis=-1))
-        return nn.Dense(2 * c, use_bias=False, kernel_init=torch_default_init, name="reduction")(x)
+        x = layer_norm("norm", self.dtype)(jnp.concatenate(parts, axis=-1))
+        return dense(2 * c, "reduction", self.dtype, use_bias=False)(x)
 
 
 class PatchEmbed(nn.Module):
@@ -245,6 +267,7 @@ class PatchEmbed(nn.Module):
     patch_size: int
     embed_dim: int
     norm: bool = True
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -252,8 +275,8 @@ class PatchEmbed(nn.Module):
         p = self.patch_size
         x = jnp.pad(x, [(0, 0)] + [(0, -s % p) for s in spatial] + [(0, 0)])
         x = nn.Conv(self.embed_dim, (p,) * len(spatial), strides=p, padding="VALID",
-                    kernel_init=torch_default_init, name="proj")(x)
-        return layer_norm("norm")(x) if self.norm else x
+                    kernel_init=torch_default_init, dtype=self.dtype, param_dtype=jnp.float32, name="proj")(x)
+        return layer_norm("norm", self.dtype)(x) if self.norm else x
 
 
 class BasicLayer(nn.Module):
@@ -270,15 +293,19 @@ class BasicLayer(nn.Module):
     qkv_bias: bool = False
     drop_path: tuple[float, ...] = ()
     downsample: bool = False
+    dtype: Any = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True):
         rates = self.drop_path or (0.0,) * self.depth
+        # static_argnums counts the module as argument 0: ``deterministic`` (2) is a Python bool.
+        block = nn.remat(SwinBlock, static_argnums=(2,)) if self.remat else SwinBlock
         for i in range(self.depth):
             shift = tuple(w // 2 for w in self.window) if i % 2 else (0,) * len(self.window)
-            x = SwinBlock(self.dim, self.num_heads, tuple(self.window), shift, self.mlp_ratio,
-                          self.qkv_bias, rates[i], name=f"blocks_{i}")(x, deterministic)
-        return x, (PatchMerging(name="downsample")(x) if self.downsample else None)
+            x = block(self.dim, self.num_heads, tuple(self.window), shift, self.mlp_ratio,
+                      self.qkv_bias, rates[i], self.dtype, name=f"blocks_{i}")(x, deterministic)
+        return x, (PatchMerging(self.dtype, name="downsample")(x) if self.downsample else None)
 
 
 class SwinEncoder(nn.Module):
@@ -297,16 +324,19 @@ class SwinEncoder(nn.Module):
     qkv_bias: bool = False
     drop_path_rate: float = 0.0
     patch_norm: bool = True
+    dtype: Any = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> list[jax.Array]:
-        x = PatchEmbed(self.patch_size, self.embed_dim, self.patch_norm, name="patch_embed")(x)
+        x = PatchEmbed(self.patch_size, self.embed_dim, self.patch_norm, self.dtype, name="patch_embed")(x)
         rates = [float(r) for r in np.linspace(0.0, self.drop_path_rate, sum(self.depths))]
         starts = list(itertools.accumulate(self.depths, initial=0))
         outs = []
         for i, depth in enumerate(self.depths):
             out, x = BasicLayer(self.embed_dim * 2**i, depth, self.num_heads[i], tuple(self.window),
                                 self.mlp_ratio, self.qkv_bias, tuple(rates[starts[i]:starts[i + 1]]),
-                                downsample=i < len(self.depths) - 1, name=f"layers_{i}")(x, deterministic)
-            outs.append(layer_norm(f"norm{i}")(out))
+                                downsample=i < len(self.depths) - 1, dtype=self.dtype, remat=self.remat,
+                                name=f"layers_{i}")(x, deterministic)
+            outs.append(layer_norm(f"norm{i}", self.dtype)(out))
         return outs

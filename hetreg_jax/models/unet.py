@@ -12,6 +12,13 @@ convolution per level):
 The raw input is not concatenated to anything. Every convolution is ``3**ndim``, stride 1, 'SAME'
 (zero) padding, with a bias. The spatial size must be divisible by ``2 ** len(enc_features)``.
 
+Precision and memory: ``dtype`` is the compute dtype of every convolution and activation (e.g.
+``jnp.bfloat16``; the input is cast to it, and so is the output); parameters are always float32.
+``remat=True`` wraps each level (encoder: conv, activation, pooling; decoder: upsample-concat-conv,
+activation) in ``flax.linen.remat``: its intermediates are recomputed in the backward pass instead of
+stored. Neither changes the parameter tree (the level modules keep the names ``enc_i``, ``dec_i``,
+``extra_i`` and hold ``kernel``/``bias`` directly, as a plain ``nn.Conv`` would).
+
 Initialisation follows PyTorch's ``Conv`` default (``kaiming_uniform(a=sqrt(5))``): weights and
 biases uniform in ``±1/sqrt(fan_in)``, ``fan_in = in_channels * 3**ndim``, so that the training
 dynamics match the reference implementation.
@@ -21,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -47,16 +54,18 @@ def torch_bias_init(fan_in: int) -> Callable:
 
 
 def conv_layer(features: int, ndim: int, in_channels: int, *, name: str,
-               kernel_init: Callable | None = None, bias_init: Callable | None = None) -> nn.Conv:
+               kernel_init: Callable | None = None, bias_init: Callable | None = None,
+               dtype: Any = jnp.float32) -> nn.Conv:
     """A ``3**ndim`` 'SAME' convolution with bias; PyTorch default init unless inits are given.
 
-    Must be called inside a compact method (the layer becomes a submodule named ``name``).
+    Computes in ``dtype`` (float32 parameters). Must be called inside a compact method (the layer
+    becomes a submodule named ``name``).
     """
     fan_in = in_channels * KERNEL ** ndim
     return nn.Conv(features, kernel_size=(KERNEL,) * ndim, padding="SAME", use_bias=True,
                    kernel_init=kernel_init if kernel_init is not None else torch_kernel_init,
                    bias_init=bias_init if bias_init is not None else torch_bias_init(fan_in),
-                   name=name)
+                   dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 def check_spatial_shape(shape: Sequence[int], divisor: int) -> None:
@@ -119,32 +128,51 @@ def upsample_concat_conv(low: jax.Array, skip: jax.Array, kernel: jax.Array) -> 
     return stacked.transpose(interleave).reshape(out.shape) + out
 
 
-class UpsampleConcatConv(nn.Module):
-    """Nearest 2x upsampling of ``low``, concatenation with ``skip`` and a ``3**ndim`` convolution with
-    bias, in the sub-pixel form of :func:`upsample_concat_conv`. Its parameters (``kernel``
-    ``[3]*ndim + [C_in, C_out]``, ``bias``) and their init are those of :func:`conv_layer` over the
-    concatenation, so parameter trees, counts and checkpoints are the same as the plain form's."""
+class Level(nn.Module):
+    """One U-Net level: a ``3**ndim`` convolution with bias, LeakyReLU(0.2) and, for an encoder level,
+    2x max-pooling; returns ``(activation, pooled)`` (``pooled`` is None unless ``pool``).
+
+    With ``skip`` (a decoder level after an upsampling) the convolution runs over
+    ``concat(upsample_nearest(x), skip)`` in the sub-pixel form of :func:`upsample_concat_conv`.
+    Parameters (``kernel`` ``[3]*ndim + [C_in, C_out]``, ``bias``) and their init are those of
+    :func:`conv_layer` (over the concatenation), so parameter trees, counts and checkpoints are the
+    same as a plain ``nn.Conv``'s. Computes in ``dtype``; parameters stay float32.
+    """
 
     features: int
+    pool: bool = False
+    dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, low: jax.Array, skip: jax.Array) -> jax.Array:
-        ndim = low.ndim - 2
-        c_in = low.shape[-1] + skip.shape[-1]
-        kernel = self.param("kernel", torch_kernel_init, (KERNEL,) * ndim + (c_in, self.features))
-        bias = self.param("bias", torch_bias_init(c_in * KERNEL ** ndim), (self.features,))
-        return upsample_concat_conv(low, skip, kernel) + bias
+    def __call__(self, x: jax.Array, skip: jax.Array | None = None):
+        ndim = x.ndim - 2
+        c_in = x.shape[-1] + (0 if skip is None else skip.shape[-1])
+        kernel = self.param("kernel", torch_kernel_init, (KERNEL,) * ndim + (c_in, self.features), jnp.float32)
+        bias = self.param("bias", torch_bias_init(c_in * KERNEL ** ndim), (self.features,), jnp.float32)
+        x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+        if skip is None:
+            h = _conv(x, kernel, "SAME")
+        else:
+            h = upsample_concat_conv(x, skip.astype(self.dtype), kernel)
+        h = nn.leaky_relu(h + bias, LEAKY_SLOPE)
+        if not self.pool:
+            return h, None
+        window = (2,) * ndim
+        return h, nn.max_pool(h, window, strides=window, padding="VALID")
 
 
 class UNet(nn.Module):
     """VoxelMorph U-Net: ``[B, *S, C_in] -> [B, *S, dec_features[-1]]`` (``ndim`` from the rank).
 
     ``len(dec_features)`` must be at least ``len(enc_features)``; the first ``len(enc_features)``
-    decoder convolutions run before each upsampling, the rest at full resolution.
+    decoder convolutions run before each upsampling, the rest at full resolution. ``dtype``: compute
+    dtype (the output has it); ``remat``: recompute each level in the backward pass.
     """
 
     enc_features: Sequence[int] = ENC_FEATURES
     dec_features: Sequence[int] = DEC_FEATURES
+    dtype: Any = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -155,31 +183,21 @@ class UNet(nn.Module):
                 f"(one per encoder level of {tuple(self.enc_features)})")
         if x.ndim < 3:
             raise ValueError(f"input must be [B, *spatial, C] (>= 1 spatial axis), got {x.shape}")
-        ndim = x.ndim - 2
         check_spatial_shape(x.shape[1:-1], 2 ** n_levels)
-        window = (2,) * ndim
-
-        def conv_act(h, skip, features, name):
-            """conv + LeakyReLU of ``h``, or of ``concat(upsample(h), skip)`` when a skip is pending."""
-            if skip is None:
-                h = conv_layer(features, ndim, h.shape[-1], name=name)(h)
-            else:
-                h = UpsampleConcatConv(features, name=name)(h, skip)
-            return nn.leaky_relu(h, LEAKY_SLOPE)
+        level = nn.remat(Level) if self.remat else Level
 
         skips = []
         for i, features in enumerate(self.enc_features):
-            x = conv_act(x, None, features, f"enc_{i}")
-            skips.append(x)
-            x = nn.max_pool(x, window, strides=window, padding="VALID")
+            skip, x = level(features, pool=True, dtype=self.dtype, name=f"enc_{i}")(x)
+            skips.append(skip)
         # Each decoder level ends with "upsample, concatenate the skip"; the next convolution
         # consumes that pair directly (sub-pixel form), so the upsampled tensor is never built.
         skip = None
         for i, features in enumerate(self.dec_features[:n_levels]):
-            x = conv_act(x, skip, features, f"dec_{i}")
+            x = level(features, dtype=self.dtype, name=f"dec_{i}")(x, skip)[0]
             skip = skips.pop()
         for i, features in enumerate(self.dec_features[n_levels:]):
-            x = conv_act(x, skip, features, f"extra_{i}")
+            x = level(features, dtype=self.dtype, name=f"extra_{i}")(x, skip)[0]
             skip = None
         if skip is not None:  # no full-resolution convolution follows: return the concatenation
             x = jnp.concatenate([upsample_nearest(x), skip], axis=-1)

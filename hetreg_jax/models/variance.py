@@ -7,11 +7,14 @@ to one channel. The output ``[B, *S, 1]`` is an unconstrained log-variance (no a
 Head initialisation: PyTorch's ``Conv`` default, like every U-Net conv (weights and bias uniform in
 ``±1/sqrt(fan_in)``), as in the reference code, which leaves this layer at its default init. At
 initialisation the output is therefore O(0.1), i.e. σ² ≈ 1, not exactly zero.
+
+``dtype`` / ``remat`` are passed to the U-Net (compute dtype, per-level rematerialisation); the
+``log_var`` head always runs in float32 on the U-Net features cast to float32, so log σ² is float32.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -25,12 +28,14 @@ class VarianceUNet(nn.Module):
 
     enc_features: Sequence[int] = ENC_FEATURES
     dec_features: Sequence[int] = DEC_FEATURES
+    dtype: Any = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, warped: jax.Array, fixed: jax.Array) -> jax.Array:
         if warped.shape != fixed.shape:
             raise ValueError(f"warped {warped.shape} and fixed {fixed.shape} must have one shape")
         ndim = warped.ndim - 2
-        features = UNet(self.enc_features, self.dec_features, name="unet")(
-            jnp.concatenate([warped, fixed], axis=-1))
+        features = UNet(self.enc_features, self.dec_features, self.dtype, self.remat, name="unet")(
+            jnp.concatenate([warped, fixed], axis=-1)).astype(jnp.float32)
         return conv_layer(1, ndim, features.shape[-1], name="log_var")(features)
