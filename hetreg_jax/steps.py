@@ -6,7 +6,8 @@ One iteration of "ours" (METHOD.md, Training):
 2. ``variance_step``: a fresh forward with the updated theta (no gradient to theta), then update phi
    with beta-NLL.
 The joint NLL / beta-NLL baselines update both networks from one loss; the single-network baselines
-(mse, ncc, mi) run the motion step alone (``methods.py`` says which). Each step returns a new state
+(mse, ncc, mi, vxm_diff, and adareg / adaframe, whose residual-adaptive weights come from the
+forward warp in ``_motion_loss``) run the motion step alone (``methods.py`` says which). Each step returns a new state
 and a dict of scalar measurements; the state is donated. The run around the steps (data, loop,
 checkpoints, logging) is in ``train.py``.
 """
