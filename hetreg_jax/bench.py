@@ -1,11 +1,18 @@
 """Speed and memory benchmark of the full alternating training step and of inference.
 
     python -m hetreg_jax.bench --config=configs/acdc.py [--steps=30] [--config.batch_size=8]
+    python -m hetreg_jax.bench --config=configs/default.py --sweep [--sweep_sizes=64x64,32x32x32] ...
 
 Prints compile time, steady-state training pairs/s (one motion step + one variance step per
 iteration, as trained; with ``--config.steps_per_call=K`` K iterations per call on data held by the
 devices, as training then runs them), inference pairs/s (displacement + warped image), and peak memory (device
-bytes on GPU/TPU; the process's peak resident set on CPU). The last line is one JSON object.
+bytes on GPU/TPU; the process's peak resident set on CPU), with the compute dtype and remat setting.
+The last line is one JSON object.
+
+``--sweep`` runs the benchmark over models x sizes x steps_per_call x compute dtypes (and, for 3D
+sizes with K = 1, with and without ``remat``), each configuration in its own subprocess (peak
+memory is per process, and a configuration that runs out of memory or past ``--sweep_timeout`` is
+reported as such), and prints one table plus one JSON line per configuration (``bench_sweep.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from hetreg_jax import sharding, spatial
+from hetreg_jax.bench_sweep import define_flags as _define_sweep_flags
 from hetreg_jax.steps import Trainer
 
 FLAGS = flags.FLAGS
@@ -28,7 +36,9 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/
 flags.DEFINE_integer("steps", 30, "Timed training iterations (after one compile and one warm-up call).")
 flags.DEFINE_integer("infer_batches", 30, "Timed inference batches.")
 flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices (0 = one per core, as many as divide the batch).")
+flags.DEFINE_integer("warmup_calls", 1, "Untimed training calls after the compile call.")
 flags.mark_flags_as_required(["config"])
+_define_sweep_flags()
 
 
 def _random_batch(config, mesh, rng):
@@ -61,7 +71,7 @@ def _train_call(trainer, config, rng):
     return trainer.train_chunk(phase), args, k
 
 
-def benchmark(config, steps: int, infer_batches: int) -> dict:
+def benchmark(config, steps: int, infer_batches: int, warmup_calls: int = 1) -> dict:
     trainer = Trainer(config)
     rng = np.random.default_rng(0)
     batch = _random_batch(config, trainer.mesh, rng)
@@ -72,8 +82,9 @@ def benchmark(config, steps: int, infer_batches: int) -> dict:
     state, measures = call(state, *args)
     jax.block_until_ready(measures)
     compile_s = time.perf_counter() - t0
-    state, measures = call(state, *args)  # warm-up
-    jax.block_until_ready(measures)
+    for _ in range(warmup_calls):
+        state, measures = call(state, *args)
+        jax.block_until_ready(measures)
 
     calls = max(1, steps // per_call)
     in_flight = sharding.InFlight()  # as in training: a bounded queue of dispatched calls
@@ -104,7 +115,9 @@ def benchmark(config, steps: int, infer_batches: int) -> dict:
     peak_mb, peak_kind = _peak_memory_mb()
     return {
         "model": config.model, "method": config.method, "image_size": list(config.data.image_size),
-        "batch_size": config.batch_size, "steps_per_call": config.steps_per_call, "devices": f"{len(jax.devices())}x {jax.devices()[0].device_kind}",
+        "batch_size": config.batch_size, "steps_per_call": config.steps_per_call,
+        "compute_dtype": config.get("compute_dtype", "float32"), "remat": config.get("remat", "none"),
+        "devices": f"{len(jax.devices())}x {jax.devices()[0].device_kind}",
         "compile_s": round(compile_s, 2), "infer_compile_s": round(infer_compile_s, 2),
         "train_pairs_per_s": round(steps * config.batch_size / train_s, 2),
         "train_steps_per_s": round(steps / train_s, 3),
@@ -116,11 +129,16 @@ def benchmark(config, steps: int, infer_batches: int) -> dict:
 
 def main(argv):
     del argv
+    if FLAGS.sweep:
+        from hetreg_jax import bench_sweep
+        bench_sweep.main(FLAGS)
+        return
     sharding.configure_cpu_devices([FLAGS.config.batch_size], FLAGS.cpu_devices)
-    result = benchmark(FLAGS.config, FLAGS.steps, FLAGS.infer_batches)
+    result = benchmark(FLAGS.config, FLAGS.steps, FLAGS.infer_batches, FLAGS.warmup_calls)
     print(f"device            {result['devices']}")
     print(f"model / method    {result['model']} / {result['method']}, {result['image_size']}, "
-          f"batch {result['batch_size']}, {result['steps_per_call']} step(s) per call")
+          f"batch {result['batch_size']}, {result['steps_per_call']} step(s) per call, "
+          f"{result['compute_dtype']}, remat {result['remat']}")
     print(f"compile           {result['compile_s']:.2f} s (train step), {result['infer_compile_s']:.2f} s (inference)")
     print(f"training          {result['train_pairs_per_s']:.1f} pairs/s ({result['train_steps_per_s']:.2f} steps/s)")
     print(f"inference         {result['infer_pairs_per_s']:.1f} pairs/s")
