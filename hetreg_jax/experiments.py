@@ -3,7 +3,8 @@
     python -m hetreg_jax.experiments --config=configs/acdc.py --table=1 --workdir=W \
         [--profile=quick|paper] [--seeds=0,1,2] [--models=voxelmorph,transmorph] \
         [--methods=mse,ours] [--datasets=acdc,camus]
-    --table=2 (paired t-tests of Table 1's runs), 3 (3D echo phantoms), 4 (gamma), noise (noise sweep)
+    --table=2 (paired t-tests of Table 1's runs), 3 (3D echo phantoms), 4 (gamma), noise (noise sweep),
+    5 (displacement uncertainty: Vxm, Vxm-diff, ours with sigma_z, sigma_I or both)
 
 Every (dataset, model, method, seed[, gamma][, noise scale]) run has its own workdir under W
 (``W/acdc/voxelmorph/mse/seed0``, ``W/acdc/voxelmorph/ours_gamma0.25/seed0``,
@@ -40,6 +41,8 @@ TABLE1_METHODS = ("elastix", "ncc", "mi", "mse", "nll", "beta_nll", "adaframe", 
 TRANSMORPH_METHODS = ("mse", "ours")
 TABLE3_METHODS = ("mse", "nll", "beta_nll", "adaframe", "adareg", "ours")
 NOISE_METHODS = ("ours", "mse", "beta_nll")
+# Table 5 (VoxelMorph): (method, motion.predict_sigma) = Vxm, Vxm-diff, ours sigma_z / sigma_I / both.
+TABLE5_ROWS = (("mse", False), ("vxm_diff", False), ("mse", True), ("ours", False), ("ours", True))
 NO_TRAINING = ("elastix",)
 FAILED_NAME = "experiment_failed.json"
 TIMING_NAME = "experiment_time.json"
@@ -62,17 +65,20 @@ class Run:
     seed: int
     gamma: float | None = None        # None = the config's loss.gamma
     noise_scale: float | None = None  # None = the config's data.noise_scale
+    predict_sigma: bool = False       # motion.predict_sigma (Table 5's sigma_z rows)
 
     def path(self, root: str) -> str:
         parts = [root] + ([f"noise{self.noise_scale:g}"] if self.noise_scale is not None else [])
-        method = self.method + (f"_gamma{self.gamma:g}" if self.gamma is not None else "")
+        method = self.method + (f"_gamma{self.gamma:g}" if self.gamma is not None else "") + \
+            ("_sigma_z" if self.predict_sigma else "")
         parts += [self.dataset] + ([] if self.method in NO_TRAINING else [self.model]) + [method, f"seed{self.seed}"]
         return os.path.join(*parts)
 
     @property
     def label(self) -> str:
         extra = (f" gamma={self.gamma:g}" if self.gamma is not None else "") + \
-                (f" noise_scale={self.noise_scale:g}" if self.noise_scale is not None else "")
+                (f" noise_scale={self.noise_scale:g}" if self.noise_scale is not None else "") + \
+                (" + sigma_z" if self.predict_sigma else "")
         who = self.method if self.method in NO_TRAINING else f"{self.model}/{self.method}"
         return f"{self.dataset} {who} seed {self.seed}{extra}"
 
@@ -124,6 +130,8 @@ def run_config(base, run: Run, profile: str):
             config.loss.gamma = float(run.gamma)
         if run.noise_scale is not None:
             config.data.noise_scale = float(run.noise_scale)
+        if run.predict_sigma:
+            config.motion.predict_sigma = True
     return config
 
 
@@ -139,6 +147,11 @@ def plan(table: str, seeds, models, methods, datasets, gammas=(), noise_scales=(
     seeds = [int(s) for s in seeds]
     wanted: list[tuple[str, str, str]] = []  # (dataset, model, method)
     extra: list[dict] = [{}]
+    if table == "5":
+        rows = [(m, p) for m, p in TABLE5_ROWS if not methods or m in methods]
+        runs = [Run(d, "voxelmorph", m, seed, predict_sigma=p) for seed in seeds
+                for d in (datasets or ("acdc", "camus")) for m, p in rows if m in known]
+        return runs, list(dict.fromkeys(m for m, _ in rows if m not in known))
     if table in ("1", "2"):
         for dataset in datasets or ("acdc", "camus"):
             for model in models:
@@ -292,6 +305,7 @@ TABLES = {
     "3": (table_runs, _report("report_table3")),
     "4": (table_runs, _report("report_table4")),
     "noise": (table_runs, _report("report_noise")),
+    "5": (table_runs, _report("report_table5")),
 }
 
 
@@ -345,7 +359,7 @@ def define_flags() -> None:
     """The command line (defined only when run as a program, so that importing this module defines no flags)."""
     config_flags.DEFINE_config_file("config", None, "Base config (configs/acdc.py); --config.x=y overrides.",
                                     lock_config=True)
-    flags.DEFINE_string("table", "1", "Which table: 1, 2, 3, 4 or noise.")
+    flags.DEFINE_string("table", "1", "Which table: 1, 2, 3, 4, 5 or noise.")
     flags.DEFINE_string("workdir", None, "Folder of the runs and the reports.")
     flags.DEFINE_enum("profile", "quick", ["quick", "paper"], "quick: CPU-sized runs; paper: the config's values.")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each draws its own phantoms, split and initialisation).")

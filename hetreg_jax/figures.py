@@ -138,7 +138,7 @@ def _view_field(field: np.ndarray) -> np.ndarray:
 def uncertainty_maps(pairs, pred: dict, path: str, count: int = 3) -> str | None:
     """``eval/uncertainty.png``: for up to ``count`` pairs, cropped to the heart: the fixed image,
     |fixed − warped|, the predicted σ_I and (phantoms) the true noise σ on one colour scale, the SNR
-    weight, the predicted σ_z and (phantoms) |u_pred − u_true| on one colour scale. None when the
+    weight, the predicted σ_z and (phantoms) |u_pred − u_true|, each on its own scale. None when the
     prediction has neither σ_I nor σ_z."""
     if ("log_var" not in pred and "sigma_z" not in pred) or len(pairs["pair_id"]) == 0:
         return None
@@ -171,8 +171,10 @@ def uncertainty_maps(pairs, pred: dict, path: str, count: int = 3) -> str | None
         if "displacement" in pairs:
             values["|u_pred − u_true|"] = np.linalg.norm(
                 _view_field(pred["displacement"][i]) - _view_field(pairs["displacement"][i]), axis=-1)
-        shared = {}  # predicted and true on one scale, so that a reader can compare them
-        for a, b in (("predicted σ_I", "true σ (phantom)"), ("predicted σ_z", "|u_pred − u_true|")):
+        # predicted and true noise sigma on one scale (same quantity); sigma_z and the endpoint error
+        # each on their own (their calibration is drawn in sigma_z_calibration.png)
+        shared = {}
+        for a, b in (("predicted σ_I", "true σ (phantom)"),):
             if a in columns and b in columns:
                 top = max(np.percentile(values[a][box], 99), np.percentile(values[b][box], 99), 1e-6)
                 shared[a] = shared[b] = (0.0, float(top))

@@ -197,3 +197,33 @@ def test_register_maps_sigma_z_onto_the_fixed_grid(tmp_path):
     full = register.to_fixed_grid(inputs((40, 36, 2), (-3, 6)), pred)  # cropped: NaN outside the crop
     assert full["sigma_z"].shape == (40, 36, 2)
     assert np.all(full["sigma_z"][0:29, 6:36] == 0.5) and np.all(np.isnan(full["sigma_z"][30:]))
+
+
+def test_table5_plan_and_report_on_known_numbers(tmp_path):
+    import csv
+    from hetreg_jax import experiment_report, experiments
+
+    runs, skipped = experiments.plan("5", [0], ["voxelmorph"], [], ["acdc"])
+    assert [(r.method, r.predict_sigma) for r in runs] == list(experiments.TABLE5_ROWS) and not skipped
+    assert runs[2].path("W") == os.path.join("W", "acdc", "voxelmorph", "mse_sigma_z", "seed0")
+    config = make_tiny_config(num_steps=2)
+    assert experiments.run_config(config, runs[4], "paper").motion.predict_sigma
+    root = str(tmp_path)
+    for k, run in enumerate(runs):
+        out = os.path.join(run.path(root), "eval")
+        os.makedirs(out)
+        with open(os.path.join(out, "test_per_pair.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, ["pair_id", "dice", "hd", "asd", "epe", "sigma_z_ause"])
+            writer.writeheader()
+            for i in range(2):
+                writer.writerow(dict(pair_id=f"p{i}", dice=80 + k + i, hd=5, asd=1, epe=0.5,
+                                     sigma_z_ause="" if not (run.predict_sigma or run.method == "vxm_diff") else 0.1 * i))
+        with open(os.path.join(out, "test_metrics.json"), "w") as f:
+            json.dump({"checkpoint_step": 2}, f)
+    path, = experiment_report.report_table5(runs, config, root, "paper", [], {})
+    lines = [line for line in open(path).read().splitlines() if line.startswith("| ACDC")]
+    assert len(lines) == 5
+    cells = [c.strip() for c in lines[2].split("|")[1:-1]]  # ours, sigma_z only
+    assert cells[1:4] == ["ours", "✓", "✗"] and cells[4] == "82.50 ± 0.50" and cells[8] == "0.050 ± 0.050"
+    assert cells[-1] == "79.8 / 4.74 / 1.22"
+    assert [c.strip() for c in lines[0].split("|")[1:-1]][8] == "not measured"  # Vxm has no sigma_z
