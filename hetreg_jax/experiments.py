@@ -238,14 +238,27 @@ def _clock(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def train_run(config, workdir: str) -> dict:
+    """``train.train_and_evaluate``; a run started before config keys were added to hetreg_jax
+    resumes (its record lacks only those keys, which take their defaults: the same computation)."""
+    from hetreg_jax import train
+    from hetreg_jax.workdir import ConfigMismatch
+
+    try:
+        return train.train_and_evaluate(config, workdir)
+    except ConfigMismatch as exc:
+        if not all(old == "<absent>" for old, _ in exc.differences.values()):
+            raise
+        return train.train_and_evaluate(config, workdir, allow_config_change=True)
+
+
 def execute(runs, base, root: str, profile: str, train_fn=None, retry_failed: bool = False,
             say=print) -> dict[Run, str]:
     """Train and evaluate every unfinished run in order; returns run -> "done", "skipped", "failed"."""
     import jax
 
     if train_fn is None:
-        from hetreg_jax import train
-        train_fn = train.train_and_evaluate
+        train_fn = train_run
     status, todo = {}, []
     for run in runs:
         config = run_config(base, run, profile)
