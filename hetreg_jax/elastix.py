@@ -94,15 +94,22 @@ def register_pair(moving: np.ndarray, fixed: np.ndarray, config) -> np.ndarray:
     if moving.shape != fixed.shape or moving.ndim not in (2, 3):
         raise ValueError(f"elastix.register_pair needs two images of one 2D or 3D shape [*S]; got moving "
                          f"{moving.shape} and fixed {fixed.shape}")
+    for name, image in (("moving", moving), ("fixed", fixed)):
+        if not np.isfinite(image).all() or np.ptp(image) == 0:  # elastix's MI crashes on a constant image
+            raise ValueError(f"elastix.register_pair: the {name} image is "
+                             f"{'not finite' if not np.isfinite(image).all() else 'constant'}; nothing to register")
     itk = _itk()
     ndim = moving.ndim
     params = itk.ParameterObject.New()
     params.AddParameterMap(parameter_map(config.elastix, ndim, config.seed))
     fixed_image = itk.GetImageFromArray(np.ascontiguousarray(fixed))  # spacing 1, origin 0, identity direction
     moving_image = itk.GetImageFromArray(np.ascontiguousarray(moving))
-    _, transform = itk.elastix_registration_method(
-        fixed_image, moving_image, parameter_object=params, log_to_console=False,
-        number_of_threads=int(config.elastix.threads))
+    run = dict(parameter_object=params, number_of_threads=int(config.elastix.threads))
+    try:
+        _, transform = itk.elastix_registration_method(fixed_image, moving_image, log_to_console=False, **run)
+    except RuntimeError:
+        raise ValueError(f"elastix failed on images of shape {fixed.shape}: "
+                         f"{_failure_reason(itk, fixed_image, moving_image, run)}") from None
     with tempfile.TemporaryDirectory(prefix="hetreg_transformix_") as scratch:  # transformix writes the field
         transformix = itk.TransformixFilter.New(moving_image, transform_parameter_object=transform)
         transformix.SetComputeDeformationField(True)
@@ -113,6 +120,23 @@ def register_pair(moving: np.ndarray, fixed: np.ndarray, config) -> np.ndarray:
     if field.shape != (*fixed.shape, ndim):
         raise RuntimeError(f"transformix returned a field of shape {field.shape} for images {fixed.shape}")
     return np.ascontiguousarray(field[..., ::-1])  # (x, y[, z]) components -> array-axis order
+
+
+def _failure_reason(itk, fixed_image, moving_image, run) -> str:
+    """elastix reports failures only in its log: run again with a log file and return its error line."""
+    with tempfile.TemporaryDirectory(prefix="hetreg_elastix_") as scratch:
+        try:
+            itk.elastix_registration_method(fixed_image, moving_image, log_to_console=False, log_to_file=True,
+                                            output_directory=scratch, log_file_name="elastix.log", **run)
+        except RuntimeError:
+            pass
+        try:
+            with open(os.path.join(scratch, "elastix.log"), encoding="utf-8", errors="replace") as f:
+                lines = [line.strip() for line in f if "ERROR" in line]
+        except OSError:
+            lines = []
+    reason = lines[-1].split("ERROR:")[-1].split("):", 1)[-1].strip() if lines else "see the elastix log"
+    return f"{reason} (check the images and config.elastix)"
 
 
 def _warp_all(pairs, displacement: np.ndarray) -> dict[str, np.ndarray]:
@@ -149,7 +173,10 @@ def register_split(pairs, config, say=print) -> tuple[dict[str, np.ndarray], dic
     fields, seconds, cpu, last_report = [], [], [], time.perf_counter()
     for i in range(n):
         start, start_cpu = time.perf_counter(), time.process_time()
-        fields.append(register_pair(pairs["moving"][i, ..., 0], pairs["fixed"][i, ..., 0], config))
+        try:
+            fields.append(register_pair(pairs["moving"][i, ..., 0], pairs["fixed"][i, ..., 0], config))
+        except ValueError as exc:
+            raise ValueError(f"test pair {pairs['pair_id'][i]}: {exc}") from None
         seconds.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
         if time.perf_counter() - last_report >= 5.0 or i + 1 == n:

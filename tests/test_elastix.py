@@ -54,9 +54,16 @@ def test_a_known_translation_comes_back_in_our_convention(itk_loaded, shape, shi
     assert after < 0.1 * before, (before, after)
 
 
-def test_register_pair_refuses_images_of_two_shapes(itk_loaded):
+def test_register_pair_refuses_what_it_cannot_register_in_one_line(itk_loaded):
+    config, rng = make_tiny_config(), np.random.default_rng(0)
     with pytest.raises(ValueError, match=r"one 2D or 3D shape .* moving \(8, 8\) and fixed \(8, 9\)"):
-        elastix.register_pair(np.zeros((8, 8)), np.zeros((8, 9)), make_tiny_config())
+        elastix.register_pair(np.zeros((8, 8)), np.zeros((8, 9)), config)
+    with pytest.raises(ValueError, match="the moving image is constant; nothing to register"):
+        elastix.register_pair(np.zeros((16, 16)), rng.random((16, 16)), config)  # elastix's MI would crash
+    with pytest.raises(ValueError) as info:  # elastix's own error, read from its log
+        elastix.register_pair(rng.random((8, 8)), rng.random((8, 8)), config)
+    assert str(info.value).startswith("elastix failed on images of shape (8, 8): Too many samples map outside")
+    assert "\n" not in str(info.value)
 
 
 def test_the_parameter_map_follows_the_config():
