@@ -118,8 +118,10 @@ def test_sigma_z_model_data_term_equals_the_deterministic_one_as_sigma_goes_to_z
     assert jax.tree.structure(plain_params) == jax.tree.structure(jax.device_get(plain.init_state().motion_params))
     rng = jax.random.key(3)
 
+    sampled = jax.jit(lambda p: trainer._motion_loss(p, {}, batch, rng, False)[1]["similarity"])
+
     def similarity(t, p):
-        return float(jax.jit(lambda p: t._motion_loss(p, {}, batch, rng, False))(p)[1]["similarity"])
+        return float(sampled(p)) if t is trainer else float(t._motion_loss(p, {}, batch, rng, False)[1]["similarity"])
 
     reference = similarity(plain, plain_params)
     at_init = similarity(trainer, params)  # sigma_z = 0.1 voxel: the sampled warp differs
@@ -128,7 +130,7 @@ def test_sigma_z_model_data_term_equals_the_deterministic_one_as_sigma_goes_to_z
                            "bias": np.full_like(params["log_sigma_z"]["bias"], -15.0)}  # sigma_z = 5.5e-4
     # Linear interpolation has kinks at the grid nodes, so the sampled term departs from the
     # deterministic one to first order in sigma_z: 5e-4 relative at sigma_z = 5.5e-4 voxel.
-    gap = abs(similarity(trainer, tiny) - reference)
+    gap = abs(similarity(trainer, jax.tree.map(np.asarray, tiny)) - reference)
     assert gap < 2e-3 * reference
     assert abs(at_init - reference) > 20 * gap
 
@@ -148,7 +150,7 @@ def test_one_iteration_of_vxm_diff_and_of_ours_with_both_uncertainties_is_finite
         assert pred["sigma_z"].shape == (*batch["fixed"].shape[:-1], 1)
         assert np.all(np.isfinite(pred["sigma_z"])) and np.all(pred["sigma_z"] > 0)
         if method == "vxm_diff":  # reference init (bias -10): sigma_v = e^-5, x int_downsize 2
-            np.testing.assert_allclose(pred["sigma_z"], 2 * math.exp(-5.0), rtol=1e-3)
+            np.testing.assert_allclose(pred["sigma_z"], 2 * math.exp(-5.0), rtol=5e-3)  # after one Adam step
 
 
 def test_config_refuses_vxm_diff_without_a_velocity():
