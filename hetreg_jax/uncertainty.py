@@ -9,7 +9,8 @@ Called by ``evaluation.py`` for every evaluated pair and once for the test split
 * σ_z (``sigma_z`` of the prediction: the σ_z head's std, or vxm-diff's velocity std mapped to the
   displacement by ``steps.velocity_sigma_to_displacement``), in voxels:
   - sparsification of the squared TRUE endpoint error ``‖u_pred − u_true‖²`` ranked by σ_z, its
-    oracle and AUSE (phantoms);
+    oracle and AUSE (phantoms), beside the AUSE of an uninformative ranking (the flat line at the
+    mean error, ``sigma_z_ause_uninformed``): a σ_z that ranks errors at all must beat it;
   - calibration (``metrics.sigma_calibration``, 10 equal-count bins of σ_z): the observed RMS
     endpoint error per bin against ``√ndim ·`` the bin's RMS σ_z, and the expected calibration
     error ``ece`` (voxels), per pair and pooled over the test split's voxels;
@@ -28,13 +29,14 @@ from hetreg_jax import metrics
 
 CALIBRATION_BINS = 10
 PAIR_KEYS = ("sigma_i_pearson", "sigma_i_spearman", "sigma_i_median_ratio", "sigma_z_mean",
-             "sigma_z_ause", "sigma_z_sq_epe0", "sigma_z_ece", "sigma_z_ause_residual")
+             "sigma_z_ause", "sigma_z_ause_uninformed", "sigma_z_sq_epe0", "sigma_z_ece", "sigma_z_ause_residual")
 UNITS = {
     "sigma_i_pearson": "Pearson r of predicted vs true log sigma_I^2 (foreground, phantoms)",
     "sigma_i_spearman": "Spearman rho of predicted vs true log sigma_I^2 (foreground, phantoms)",
     "sigma_i_median_ratio": "median sigma_pred / sigma_true (1 = calibrated)",
     "sigma_z_mean": "px (mean predicted displacement std over the foreground)",
     "sigma_z_ause": "px^2 (squared true endpoint error ranked by sigma_z: area between curve and oracle)",
+    "sigma_z_ause_uninformed": "px^2 (the same area for an uninformative ranking: the flat line at the mean)",
     "sigma_z_sq_epe0": "px^2 (mean squared true endpoint error over the foreground)",
     "sigma_z_ece": "px (bin-count-weighted |RMS endpoint error - sqrt(ndim) * RMS sigma_z|, 10 bins)",
     "sigma_z_ause_residual": "squared normalised intensity (residual^2 ranked by sigma_z)",
@@ -67,7 +69,8 @@ def pair_metrics(pairs: Mapping, pred: Mapping, i: int, steps: int) -> dict:
     row["sigma_z_mean"] = float(sigma[fg].mean())
     sq = _sq_epe(pairs, pred, i)
     if sq is not None:
-        _, curve, _, row["sigma_z_ause"] = metrics.sparsification_curves(sq, sigma, steps, mask=fg)
+        fractions, curve, oracle, row["sigma_z_ause"] = metrics.sparsification_curves(sq, sigma, steps, mask=fg)
+        row["sigma_z_ause_uninformed"] = float(np.trapezoid(curve[0] - oracle, fractions))
         row["sigma_z_sq_epe0"] = float(curve[0])
         ndim = pred["displacement"].shape[-1]
         row["sigma_z_ece"] = metrics.sigma_calibration(sq, sigma, ndim, CALIBRATION_BINS, mask=fg)["ece"]

@@ -175,6 +175,7 @@ def test_sampled_run_resumes_to_the_uninterrupted_result_and_reports_sigma_z(tmp
         report = json.load(f)
     assert report["sigma_z_ause"]["n"] == report["n_evaluated"]
     assert report["sigma_z_ause"]["mean"] >= 0.0
+    assert report["sigma_z_ause_uninformed"]["n"] == report["n_evaluated"]
     calibration = report["sigma_z_calibration"]
     assert sum(calibration["count"]) > 0 and len(calibration["predicted"]) == 10
     curves = report["sigma_z_sparsification"]["true_epe"]
