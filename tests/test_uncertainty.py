@@ -157,8 +157,13 @@ def test_config_refuses_vxm_diff_without_a_velocity():
     config = make_tiny_config(method="vxm_diff", **{"motion.int_steps": 0})
     with pytest.raises(ValueError, match="config.method='vxm_diff'"):
         config_check.validate_config(config)
-    with pytest.raises(ValueError, match="config.loss.sigma_z_weight"):
-        config_check.validate_config(make_tiny_config(**{"loss.sigma_z_weight": 0.0}))
+    for key, value in (("loss.sigma_z_weight", 0.0), ("loss.image_sigma", 0.0), ("loss.prior_lambda", -1.0)):
+        with pytest.raises(ValueError, match=f"config.{key}={value!r} is not allowed"):
+            config_check.validate_config(make_tiny_config(**{key: value}))
+    with pytest.raises(ValueError, match="config.motion.predict_sigma=True is not allowed"):
+        config_check.validate_config(make_tiny_config(method="vxm_diff", **{"motion.predict_sigma": True}))
+    with pytest.raises(ValueError, match="config.motion.predict_sigma=True is not allowed"):
+        config_check.validate_config(make_tiny_config(**{"motion.predict_sigma": True, "motion.bidirectional": True}))
 
 
 def test_sampled_run_resumes_to_the_uninterrupted_result_and_reports_sigma_z(tmp_path):
