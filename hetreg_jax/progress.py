@@ -61,7 +61,16 @@ def print_summary(summary: dict, outdir: str | None = None) -> None:
             say(f"  {f'{label} ({unit})':22s} {fmt(summary[key]):>18s} {fmt(summary['undeformed'][key]):>18s}")
     if "ause" in summary:
         say(f"  {'AUSE of log σ²':22s} {fmt(summary['ause'], 4):>18s}   (sparsification vs the squared residual)")
+    for key, label, note in (("sigma_i_spearman", "σ_I Spearman", "predicted vs true log σ² (phantoms)"),
+                             ("sigma_i_median_ratio", "σ_I median ratio", "σ_pred / σ_true (phantoms)"),
+                             ("sigma_z_mean", "mean σ_z (px)", "predicted displacement std"),
+                             ("sigma_z_ause", "σ_z AUSE (px²)", "true squared EPE ranked by σ_z"),
+                             ("sigma_z_ause_uninformed", "  uninformed (px²)", "the same, flat ranking"),
+                             ("sigma_z_ece", "σ_z ECE (px)", "calibration error, 10 bins")):
+        if key in summary:
+            say(f"  {label:22s} {fmt(summary[key], 3):>18s}   ({note})")
     if outdir is not None:
-        names = [n for n in ("test_metrics.json", "test_per_pair.csv", "test_examples.png", "curves.png")
+        names = [n for n in ("test_metrics.json", "test_per_pair.csv", "test_examples.png", "curves.png",
+                             "uncertainty.png", "sigma_z_calibration.png")
                  if os.path.exists(os.path.join(outdir, n))]
         say(f"reports in {outdir}: {', '.join(names)}")
