@@ -37,6 +37,7 @@ flags.DEFINE_integer("steps", 30, "Timed training iterations (after one compile 
 flags.DEFINE_integer("infer_batches", 30, "Timed inference batches.")
 flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices (0 = one per core, as many as divide the batch).")
 flags.DEFINE_integer("warmup_calls", 1, "Untimed training calls after the compile call.")
+flags.DEFINE_boolean("compile_only", False, "Compile the training call and report XLA's memory plan only.")
 flags.mark_flags_as_required(["config"])
 _define_sweep_flags()
 
@@ -71,7 +72,20 @@ def _train_call(trainer, config, rng):
     return trainer.train_chunk(phase), args, k
 
 
-def benchmark(config, steps: int, infer_batches: int, warmup_calls: int = 1) -> dict:
+def _xla_memory_mb(compiled) -> dict:
+    """XLA's buffer plan of a compiled call (per device): temporaries (activations kept for the
+    backward pass, scratch) and arguments, in MiB; empty where the backend does not say."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        stats = None
+    if stats is None:
+        return {}
+    return {"xla_temp_mb": round(stats.temp_size_in_bytes / 2**20, 1),
+            "xla_argument_mb": round(stats.argument_size_in_bytes / 2**20, 1)}
+
+
+def benchmark(config, steps: int, infer_batches: int, warmup_calls: int = 1, compile_only: bool = False) -> dict:
     trainer = Trainer(config)
     rng = np.random.default_rng(0)
     batch = _random_batch(config, trainer.mesh, rng)
@@ -79,9 +93,19 @@ def benchmark(config, steps: int, infer_batches: int, warmup_calls: int = 1) -> 
     call, args, per_call = _train_call(trainer, config, rng)
 
     t0 = time.perf_counter()
+    call = call.lower(state, *args).compile()
+    xla_memory = _xla_memory_mb(call)
+    info = {"model": config.model, "method": config.method, "image_size": list(config.data.image_size),
+            "batch_size": config.batch_size, "steps_per_call": config.steps_per_call,
+            "compute_dtype": config.get("compute_dtype", "float32"), "remat": config.get("remat", "none"),
+            "devices": f"{len(jax.devices())}x {jax.devices()[0].device_kind}", **xla_memory}
+    if compile_only:
+        peak_mb, peak_kind = _peak_memory_mb()
+        return {**info, "compile_only": True, "compile_s": round(time.perf_counter() - t0, 2),
+                "peak_memory_mb": round(peak_mb, 1), "peak_memory_kind": peak_kind}
     state, measures = call(state, *args)
     jax.block_until_ready(measures)
-    compile_s = time.perf_counter() - t0
+    compile_s = time.perf_counter() - t0  # compilation and the first call, as before
     for _ in range(warmup_calls):
         state, measures = call(state, *args)
         jax.block_until_ready(measures)
@@ -114,11 +138,7 @@ def benchmark(config, steps: int, infer_batches: int, warmup_calls: int = 1) -> 
 
     peak_mb, peak_kind = _peak_memory_mb()
     return {
-        "model": config.model, "method": config.method, "image_size": list(config.data.image_size),
-        "batch_size": config.batch_size, "steps_per_call": config.steps_per_call,
-        "compute_dtype": config.get("compute_dtype", "float32"), "remat": config.get("remat", "none"),
-        "devices": f"{len(jax.devices())}x {jax.devices()[0].device_kind}",
-        "compile_s": round(compile_s, 2), "infer_compile_s": round(infer_compile_s, 2),
+        **info, "compile_s": round(compile_s, 2), "infer_compile_s": round(infer_compile_s, 2),
         "train_pairs_per_s": round(steps * config.batch_size / train_s, 2),
         "train_steps_per_s": round(steps / train_s, 3),
         "infer_pairs_per_s": round(infer_batches * config.batch_size / infer_s, 2),
@@ -134,11 +154,18 @@ def main(argv):
         bench_sweep.main(FLAGS)
         return
     sharding.configure_cpu_devices([FLAGS.config.batch_size], FLAGS.cpu_devices)
-    result = benchmark(FLAGS.config, FLAGS.steps, FLAGS.infer_batches, FLAGS.warmup_calls)
+    result = benchmark(FLAGS.config, FLAGS.steps, FLAGS.infer_batches, FLAGS.warmup_calls, FLAGS.compile_only)
     print(f"device            {result['devices']}")
     print(f"model / method    {result['model']} / {result['method']}, {result['image_size']}, "
           f"batch {result['batch_size']}, {result['steps_per_call']} step(s) per call, "
           f"{result['compute_dtype']}, remat {result['remat']}")
+    if "xla_temp_mb" in result:
+        print(f"XLA memory plan   {result['xla_temp_mb']:.0f} MiB temporaries, "
+              f"{result['xla_argument_mb']:.0f} MiB arguments (per device, training call)")
+    if FLAGS.compile_only:
+        print(f"compile           {result['compile_s']:.2f} s (train step; compile only)")
+        print(json.dumps(result))
+        return
     print(f"compile           {result['compile_s']:.2f} s (train step), {result['infer_compile_s']:.2f} s (inference)")
     print(f"training          {result['train_pairs_per_s']:.1f} pairs/s ({result['train_steps_per_s']:.2f} steps/s)")
     print(f"inference         {result['infer_pairs_per_s']:.1f} pairs/s")

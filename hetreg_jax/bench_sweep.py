@@ -13,6 +13,9 @@ with ``remat="none"``; for 3D sizes with K = 1 also every other ``--sweep_remat`
 that rematerialisation saves). ``--sweep_k_max_voxels`` skips K > 1 above that many voxels per image.
 Batches: 8 pairs in 2D, 2 in 3D up to 64³, 1 above (``batch_for``). ``--sweep_probe`` then tries
 VoxelMorph (float32, K = 1, batch 1) at 128³, 160³, ... and reports the largest size that completed.
+``--sweep_compile_only`` compiles each training call without running it and reports XLA's memory
+plan (``xla_temp_mb``: the temporaries, i.e. the activations kept for the backward pass and
+scratch, per device): the memory that remat saves, for sizes too slow to run here.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ PROBE_SIZES = (128, 160, 192, 224, 256, 320)
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "MemoryError", "std::bad_alloc", "Out of memory", "out of memory",
                "Cannot allocate memory")
 COLUMNS = (("model", 10), ("size", 11), ("batch", 5), ("K", 3), ("dtype", 8), ("remat", 6),
-           ("train pairs/s", 13), ("infer pairs/s", 13), ("compile s", 9), ("peak MiB", 8), ("status", 0))
+           ("train pairs/s", 13), ("infer pairs/s", 13), ("compile s", 9), ("peak MiB", 8), ("XLA temp MiB", 12),
+           ("status", 0))
 
 
 def define_flags() -> None:
@@ -45,6 +49,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("sweep_timeout", 300, "Seconds per configuration before it is killed (timeout).")
     flags.DEFINE_integer("sweep_k_max_voxels", 0, "Skip K > 1 above this many voxels per image (0 = never).")
     flags.DEFINE_boolean("sweep_probe", False, "Then probe VoxelMorph at larger 3D sizes until one fails.")
+    flags.DEFINE_boolean("sweep_compile_only", False, "Compile only: XLA's memory plan, no timings.")
 
 
 def parse_size(text: str) -> tuple[int, ...]:
@@ -82,14 +87,14 @@ def configurations(models, sizes, ks, dtypes, remats, k_max_voxels: int = 0) -> 
 
 
 def command(cfg: dict, base_config: str, steps: int, infer_batches: int, warmup_calls: int,
-            cpu_devices: int) -> list[str]:
+            cpu_devices: int, compile_only: bool = False) -> list[str]:
     size = ",".join(str(n) for n in cfg["size"])
     return [sys.executable, "-m", "hetreg_jax.bench", f"--config={base_config}",
             f"--config.model={cfg['model']}", f"--config.data.image_size=({size})",
             f"--config.batch_size={cfg['batch']}", f"--config.steps_per_call={cfg['k']}",
             f"--config.compute_dtype={cfg['dtype']}", f"--config.remat={cfg['remat']}",
             f"--steps={steps}", f"--infer_batches={infer_batches}", f"--warmup_calls={warmup_calls}",
-            f"--cpu_devices={cpu_devices}"]
+            f"--cpu_devices={cpu_devices}"] + (["--compile_only"] if compile_only else [])
 
 
 def classify(returncode: int, stdout: str, stderr: str) -> tuple[str, dict]:
@@ -127,7 +132,9 @@ def row(cfg: dict, status: str, result: dict, wall_s: float) -> dict:
     out = {"model": cfg["model"], "image_size": list(cfg["size"]), "batch_size": cfg["batch"],
            "steps_per_call": cfg["k"], "compute_dtype": cfg["dtype"], "remat": cfg["remat"],
            "status": status, "wall_s": round(wall_s, 1)}
-    for key in ("train_pairs_per_s", "infer_pairs_per_s", "compile_s", "peak_memory_mb", "devices"):
+    if status == "ok" and result.get("compile_only"):
+        out["status"] = "compiled"
+    for key in ("train_pairs_per_s", "infer_pairs_per_s", "compile_s", "peak_memory_mb", "xla_temp_mb", "devices"):
         if key in result:
             out[key] = result[key]
     return out
@@ -140,7 +147,8 @@ def format_table(rows: list[dict]) -> str:
             return format(r[key], fmt) if key in r else "-"
         return (r["model"], "x".join(str(n) for n in r["image_size"]), str(r["batch_size"]),
                 str(r["steps_per_call"]), r["compute_dtype"], r["remat"], num("train_pairs_per_s", ".2f"),
-                num("infer_pairs_per_s", ".2f"), num("compile_s", ".1f"), num("peak_memory_mb", ".0f"), r["status"])
+                num("infer_pairs_per_s", ".2f"), num("compile_s", ".1f"), num("peak_memory_mb", ".0f"),
+                num("xla_temp_mb", ".0f"), r["status"])
     lines = ["  ".join(name.ljust(width) for name, width in COLUMNS).rstrip()]
     lines.append("  ".join(("-" * max(width, len(name))) for name, width in COLUMNS))
     for r in rows:
@@ -151,7 +159,8 @@ def format_table(rows: list[dict]) -> str:
 def _sweep(cfgs, flags_, base_config) -> list[dict]:
     rows = []
     for i, cfg in enumerate(cfgs):
-        cmd = command(cfg, base_config, flags_.steps, flags_.infer_batches, flags_.warmup_calls, flags_.cpu_devices)
+        cmd = command(cfg, base_config, flags_.steps, flags_.infer_batches, flags_.warmup_calls, flags_.cpu_devices,
+                      flags_.sweep_compile_only)
         status, result, wall = run_one(cmd, flags_.sweep_timeout)
         rows.append(row(cfg, status, result, wall))
         print(f"[{i + 1}/{len(cfgs)}] load {os.getloadavg()[0]:.1f} " + json.dumps(rows[-1]), flush=True)
@@ -165,6 +174,7 @@ def main(flags_) -> list[dict]:
                           flags_.sweep_remat, flags_.sweep_k_max_voxels)
     print(f"sweep: {len(cfgs)} configurations from {base_config}, {flags_.steps} timed steps, "
           f"{flags_.infer_batches} inference batches, {flags_.warmup_calls} warm-up call(s), "
+          f"{'compile only, ' if flags_.sweep_compile_only else ''}"
           f"timeout {flags_.sweep_timeout} s; load average {os.getloadavg()}", flush=True)
     rows = _sweep(cfgs, flags_, base_config)
     if flags_.sweep_probe:

@@ -17,6 +17,8 @@ def test_configurations_cover_the_grid_with_remat_only_for_3d_at_k1():
     keys = {(c["size"], c["k"], c["dtype"], c["remat"]) for c in cfgs}
     # 64²: 2 K x 2 dtypes; 32³: K = 1 x 2 dtypes x 2 remat + K = 10 x 2 dtypes; 96³: K = 1 x 2 x 2
     assert len(cfgs) == len(keys) == 4 + 6 + 4
+    cmd = bench_sweep.command(cfgs[0], "configs/default.py", 2, 1, 0, 0, compile_only=True)
+    assert "--config.data.image_size=(64,64)" in cmd and "--config.batch_size=8" in cmd and cmd[-1] == "--compile_only"
     assert ((96, 96, 96), 10, "float32", "none") not in keys  # above k_max_voxels
     assert all(c["remat"] == "none" for c in cfgs if len(c["size"]) == 2 or c["k"] > 1)
     assert {c["size"]: c["batch"] for c in cfgs} == {(64, 64): 8, (32, 32, 32): 2, (96, 96, 96): 1}
@@ -43,11 +45,11 @@ def test_outcomes_are_classified_and_a_timeout_kills_the_configuration():
 def test_the_table_shows_figures_and_the_status_of_failed_rows():
     cfg = dict(model="voxelmorph", size=(64, 64, 64), batch=2, k=1, dtype="bfloat16", remat="blocks")
     rows = [bench_sweep.row(cfg, "ok", {"train_pairs_per_s": 1.234, "infer_pairs_per_s": 9.0, "compile_s": 40.04,
-                                        "peak_memory_mb": 2047.6}, 60.0),
+                                        "peak_memory_mb": 2047.6, "xla_temp_mb": 700.2}, 60.0),
             bench_sweep.row(dict(cfg, size=(96, 96, 96), batch=1), "timeout (> 200 s)", {}, 200.0)]
     lines = bench_sweep.format_table(rows).splitlines()
     assert lines[0].split()[:3] == ["model", "size", "batch"] and len(lines) == 4
     assert lines[2].split() == ["voxelmorph", "64x64x64", "2", "1", "bfloat16", "blocks", "1.23", "9.00", "40.0",
-                                "2048", "ok"]
-    assert lines[3].split()[:10] == ["voxelmorph", "96x96x96", "1", "1", "bfloat16", "blocks", "-", "-", "-", "-"]
+                                "2048", "700", "ok"]
+    assert lines[3].split()[:11] == ["voxelmorph", "96x96x96", "1", "1", "bfloat16", "blocks", "-", "-", "-", "-", "-"]
     assert lines[3].endswith("timeout (> 200 s)")
