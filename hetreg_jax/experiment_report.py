@@ -47,6 +47,7 @@ PAPER_TABLE1 = {
     ("transmorph", "ours"): (78.12, 5.04, 1.26, 80.38, 9.86, 1.72),
 }
 PAPER_DATASETS = ("acdc", "camus")
+PAPER_NAMES = {"acdc": "ACDC", "camus": "CAMUS", "echo3d": "private 3D echo"}
 # Table 2 (ours vs the vanilla MSE network, paired t-test on Dice); two exponents are not legible
 # in our copy of the paper.
 PAPER_TABLE2 = {("acdc", "voxelmorph"): "0.02", ("acdc", "transmorph"): "1.02×10⁻ⁿ (exponent illegible)",
@@ -210,10 +211,10 @@ def contour_table(runs, base, root, profile, datasets, paper: dict | None, paper
                                                                                        CONTOUR[i][0])) else
                                   (math.nan, "–") for k in keys])
             pmarked = mark(pcols, [h for _ in shown for _, _, h in CONTOUR], skip_rows=(0,))
-            pheader = ["method"] + [f"{d.upper()} {label}" for d in shown for _, label, _ in CONTOUR]
+            pheader = ["method"] + [f"{PAPER_NAMES.get(d, d)} {label}" for d in shown for _, label, _ in CONTOUR]
             prows = [[row_name(*key)] + [pmarked[c][r] for c in range(len(pcols))] for r, key in enumerate(keys)]
-            text += "\nThe paper's published numbers (real ACDC / CAMUS data, 128², 30000 steps; '–': not " \
-                    "published or not legible):\n\n" + markdown(pheader, prows)
+            text += "\nThe paper's published numbers (real data, 30000 steps; '–': not published or not " \
+                    "legible in our copy):\n\n" + markdown(pheader, prows)
     return text, records
 
 
