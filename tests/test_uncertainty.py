@@ -205,6 +205,13 @@ def test_register_maps_sigma_z_onto_the_fixed_grid(tmp_path):
     full = register.to_fixed_grid(inputs((40, 36, 2), (-3, 6)), pred)  # cropped: NaN outside the crop
     assert full["sigma_z"].shape == (40, 36, 2)
     assert np.all(full["sigma_z"][0:29, 6:36] == 0.5) and np.all(np.isnan(full["sigma_z"][30:]))
+    fixed = inputs((45, 38)).fixed
+    full = {"displacement": np.zeros((45, 38, 2), np.float32), "warped": np.zeros((45, 38), np.float32),
+            "sigma_z": np.full((45, 38), 0.7, np.float32)}
+    paths = register.write_outputs(str(tmp_path), fixed, full, np.zeros((45, 38), np.float32))
+    written = nib.load(paths["sigma_z"])
+    assert os.path.basename(paths["sigma_z"]) == "displacement_sigma.nii.gz"
+    np.testing.assert_allclose(np.asarray(written.dataobj).squeeze(), 0.7)
 
 
 def test_table5_plan_and_report_on_known_numbers(tmp_path):
