@@ -91,7 +91,8 @@ def fig2(runs, base, root, profile) -> str | None:
             columns.append(key)
     plt = _pyplot()
     rows = [(d, i) for d in datasets for i in range(FIG2_PAIRS)]
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.2 * len(columns), 2.3 * len(rows)), squeeze=False)
+    width = max(2.2 * len(columns), 7.5)
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(width, 2.3 * len(rows) + 0.9), squeeze=False)
     times: dict[str, float] = {}
     for d in datasets:
         first = next(r for r in done if r.dataset == d and r.seed == seed)
@@ -126,13 +127,13 @@ def fig2(runs, base, root, profile) -> str | None:
                 if c == 0:
                     ax.set_ylabel(f"{DATASET_NAMES.get(d, d)}\n{pairs['pair_id'][i]}", fontsize=7)
     handles = [plt.Line2D([], [], color="yellow", lw=2, label="ES myocardium (ground truth)")]
-    handles += [plt.Line2D([], [], color=COLOURS.get(m, "cyan"), lw=2, label=f"warped ED myocardium: {row_name(mo, m)}")
-                for mo, m in columns]
-    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=7, frameon=False)
-    fig.suptitle(f"Test pairs (seed {seed}): fixed ES image, ES myocardium and each method's warped ED myocardium",
-                 fontsize=10)
-    legend_rows = (len(handles) + 3) // 4
-    fig.tight_layout(rect=(0, 0.035 * legend_rows + 0.01, 1, 0.97))
+    handles += [plt.Line2D([], [], color=COLOURS.get(m, "cyan"), lw=2, label=row_name(mo, m)) for mo, m in columns]
+    ncol = max(2, min(len(handles), int(width // 2.0)))
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7, frameon=False,
+               title="contours: ground truth, and the warped ED myocardium of each method", title_fontsize=7)
+    fig.suptitle(f"Test pairs (seed {seed}) on the fixed (ES) image", fontsize=10)
+    legend_height = (0.35 + 0.2 * ((len(handles) + ncol - 1) // ncol)) / (2.3 * len(rows) + 0.9)
+    fig.tight_layout(rect=(0, legend_height, 1, 0.97))
     path = os.path.join(root, "fig2.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -154,8 +155,8 @@ def fig3(runs, base, root, profile) -> str | None:
     if not datasets:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(len(datasets), 5, figsize=(17, 3.3 * len(datasets)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1, 1, 1, 1.5]})
+    fig, axes = plt.subplots(len(datasets), 5, figsize=(18, 3.6 * len(datasets)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1, 1, 1, 1.6]})
     for row, d in zip(axes, datasets):
         ours = min((r for r in done if r.dataset == d and r.method == "ours" and r.model == "voxelmorph"),
                    key=lambda r: r.seed)
@@ -165,12 +166,14 @@ def fig3(runs, base, root, profile) -> str | None:
         view = (lambda a: a) if out["warped"].ndim == 2 else (lambda a: a[..., a.shape[-1] // 2])
         maps = [(pairs["fixed"][i, ..., 0], f"{DATASET_NAMES.get(d, d)} fixed (ES)\n{pairs['pair_id'][i]}", "gray",
                  "normalised intensity"),
-                (pairs["noise_sigma"][i, ..., 0] ** 2, "true σ² of the phantom", "viridis", "σ² (intensity²)"),
-                (np.exp(out["log_var"]), "predicted σ² (ours)", "viridis", "σ² (intensity²)"),
+                (np.log10(np.maximum(pairs["noise_sigma"][i, ..., 0], 1e-6) ** 2), "true σ² of the phantom",
+                 "viridis", "log₁₀ σ² (intensity²)"),
+                (out["log_var"] / np.log(10.0), "predicted σ² (ours)", "viridis", "log₁₀ σ² (intensity²)"),
                 (out["weight"], "SNR weight w (ours)", "cividis", "w (no unit)")]
-        vmax = float(np.quantile(maps[1][0], 0.995)) or None
+        both = np.concatenate([maps[1][0].ravel(), maps[2][0].ravel()])
+        low, high = np.quantile(both, 0.01), np.quantile(both, 0.99)
         for ax, (image, title, cmap, unit) in zip(row[:4], maps):
-            limits = dict(vmin=0, vmax=vmax) if "σ²" in unit else {}
+            limits = dict(vmin=low, vmax=high) if "σ²" in unit else {}
             shown = ax.imshow(view(image), cmap=cmap, **limits)
             bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
             bar.set_label(unit, fontsize=8)
@@ -190,7 +193,7 @@ def fig3(runs, base, root, profile) -> str | None:
             colour = COLOURS[method]
             ax.plot(x, curve, color=colour, label=f"{METHOD_NAMES[method]} (AUSE {ause:.2e}, {len(summaries)} seeds)")
             ax.plot(x, oracle, color=colour, ls="--", lw=1, label=f"{METHOD_NAMES[method]} oracle")
-        ax.set_xlabel("fraction of foreground pixels removed (most uncertain first)")
+        ax.set_xlabel("fraction of pixels removed\n(largest predicted σ² first)")
         ax.set_ylabel("MSE of the rest (intensity²)")
         ax.set_title(f"{DATASET_NAMES.get(d, d)}: sparsification of σ² (test mean)", fontsize=9)
         ax.grid(alpha=0.3)
