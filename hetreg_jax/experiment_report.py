@@ -260,6 +260,11 @@ def report_table1(runs, base, root, profile, skipped, args, name="table1", title
     datasets = list(dict.fromkeys(r.dataset for r in runs))
     text, records = contour_table(runs, base, root, profile, datasets, paper, paper_datasets)
     notes = _footnotes(runs, root, skipped)
+    seed_counts = {r["n_seeds"] for r in records if r["n_pairs"] and r["method"] != "undeformed"}
+    if len(seed_counts) > 1:
+        notes.insert(0, "- The rows were measured over different numbers of seeds (last columns), i.e. on "
+                        "different phantoms: the undeformed row pools every seed, and rows are comparable, "
+                        "and the ranks meaningful, only over the same seeds (`--seeds`).")
     md = [f"# {title or 'Table 1: contour metrics of the myocardium (ES vs warped ED)'}\n",
           _setting(runs, base, root, profile), text,
           "\nWall time per run (this machine, averaged over seeds):\n", cost_table(runs, base, root, profile, datasets)]
