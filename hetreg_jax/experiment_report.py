@@ -243,7 +243,13 @@ def cost_table(runs, base, root, profile, datasets) -> str:
             times = [t for r in chosen if (t := experiments.wall_time(r.path(root))) is not None]
             n = [len(read_rows(r.path(root)) or []) for r in chosen]
             infer = [inference[k] for r in chosen if (k := os.path.relpath(r.path(root), root)) in inference]
-            if times:
+            summaries = [read_summary(r.path(root)) or {} for r in chosen]
+            cpu = [x["cpu_seconds_per_pair"]["mean"] for x in summaries if "cpu_seconds_per_pair" in x]
+            wall = [x["seconds_per_pair"]["mean"] for x in summaries if "seconds_per_pair" in x]
+            if times and method == "elastix" and cpu:
+                cells.append(f"{np.mean(times) / 60:.1f} min ({np.mean(cpu):.2f} s CPU, {np.mean(wall):.2f} s wall "
+                             "per test pair)")
+            elif times:
                 per_pair = sum(times) / max(1, sum(n))
                 cells.append(f"{np.mean(times) / 60:.1f} min ({per_pair:.2f} s per test pair)" if method == "elastix"
                              else f"{np.mean(times) / 60:.1f} min" +
