@@ -264,6 +264,12 @@ def cost_table(runs, base, root, profile, datasets) -> str:
 def report_table1(runs, base, root, profile, skipped, args, name="table1", title=None, paper=PAPER_TABLE1,
                   paper_datasets=PAPER_DATASETS) -> list[str]:
     datasets = list(dict.fromkeys(r.dataset for r in runs))
+    figures = []
+    if name == "table1" and args.get("figures", True):  # first: fig2 measures the inference times
+        from hetreg_jax import experiment_figures
+        os.makedirs(root, exist_ok=True)
+        figures = [p for p in (experiment_figures.fig2(runs, base, root, profile),
+                               experiment_figures.fig3(runs, base, root, profile)) if p]
     text, records = contour_table(runs, base, root, profile, datasets, paper, paper_datasets)
     notes = _footnotes(runs, root, skipped)
     seed_counts = {r["n_seeds"] for r in records if r["n_pairs"] and r["method"] != "undeformed"}
@@ -284,12 +290,7 @@ def report_table1(runs, base, root, profile, skipped, args, name="table1", title
         writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["dataset"])
         writer.writeheader()
         writer.writerows(records)
-    if name == "table1" and args.get("figures", True):
-        from hetreg_jax import experiment_figures
-        for path in (experiment_figures.fig2(runs, base, root, profile), experiment_figures.fig3(runs, base, root, profile)):
-            if path:
-                paths.append(path)
-    return paths
+    return paths + figures
 
 
 def report_table3(runs, base, root, profile, skipped, args) -> list[str]:
