@@ -186,7 +186,8 @@ def test_read_only_disk_is_refused_before_any_work_and_eval_can_report_elsewhere
         report = str(tmp_path / "report")
         proc = cli.run(run, "--mode=eval", f"--out={report}")
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert sorted(os.listdir(report)) == ["test_examples.png", "test_metrics.json", "test_per_pair.csv"]
+        assert sorted(os.listdir(report)) == [
+            "test_examples.png", "test_metrics.json", "test_per_pair.csv", "uncertainty.png"]
         with open(os.path.join(report, "test_metrics.json")) as f, \
                 open(os.path.join(trained, "eval", "test_metrics.json")) as g:
             assert f.read() == g.read()
