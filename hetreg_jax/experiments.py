@@ -273,6 +273,9 @@ def execute(runs, base, root: str, profile: str, train_fn=None, retry_failed: bo
     say(f"[experiments] {len(runs)} runs: {len(runs) - len(todo)} finished or failed, {len(todo)} to train")
     for i, (run, config) in enumerate(todo):
         workdir = run.path(root)
+        if is_finished(workdir, config):  # finished meanwhile by another process
+            status[run] = "skipped"
+            continue
         left = eta(runs, {r for r, _ in todo[i:]}, root)
         say(f"[experiments] run {i + 1}/{len(todo)}: {run.label} -> {workdir} (ETA of the rest {_clock(left)})")
         os.makedirs(workdir, exist_ok=True)
