@@ -151,6 +151,18 @@ def _footnotes(runs, root, skipped) -> list[str]:
     return notes
 
 
+def _write_markdown(root: str, name: str, text: list[str], runs, skipped) -> str:
+    """Write ``text`` (lines) and the runs' footnotes to ``root/name``; returns the path."""
+    notes = _footnotes(runs, root, skipped)
+    if notes:
+        text = text + ["\nNotes:\n"] + [n + "\n" for n in notes]
+    path = os.path.join(root, name)
+    os.makedirs(root, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(text))
+    return path
+
+
 def _setting(runs, base, root, profile) -> str:
     from hetreg_jax import experiments
 
@@ -344,13 +356,7 @@ def report_table2(runs, base, root, profile, skipped, args) -> list[str]:
             "Δ = mean Dice of ours − the baseline's, in points. The paper reports only ours vs the MSE "
             "network of the same architecture.\n",
             markdown(["data", "network", "baseline", "Δ Dice (points)", "t", "p", "n pairs", "paper's p"], rows)]
-    notes = _footnotes(runs, root, skipped)
-    if notes:
-        text += ["\nNotes:\n"] + [n + "\n" for n in notes]
-    path = os.path.join(root, "table2.md")
-    os.makedirs(root, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(text))
+    path = _write_markdown(root, "table2.md", text, runs, skipped)
     return [path]
 
 
@@ -381,12 +387,7 @@ def report_table4(runs, base, root, profile, skipped, args) -> list[str]:
             "\nThe paper's published numbers (VoxelMorph, real ACDC / CAMUS; '–': not published or not "
             "legible; γ = 0.5 is Table 1's ours):\n\n" + markdown(
                 ["γ"] + [f"{d.upper()} {label}" for d in PAPER_DATASETS for _, label, _ in CONTOUR], paper_rows)]
-    notes = _footnotes(runs, root, skipped)
-    if notes:
-        text += ["\nNotes:\n"] + [n + "\n" for n in notes]
-    path = os.path.join(root, "table4.md")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(text))
+    path = _write_markdown(root, "table4.md", text, runs, skipped)
     return [path]
 
 
@@ -418,13 +419,7 @@ def report_noise(runs, base, root, profile, skipped, args) -> list[str]:
             "EPE: mean endpoint error (voxels) against the true displacement inside the ES myocardium. "
             "ours − MSE: paired differences (by seed and pair id) with scipy `ttest_rel` p-values.\n",
             markdown(header, rows)]
-    notes = _footnotes(runs, root, skipped)
-    if notes:
-        text += ["\nNotes:\n"] + [n + "\n" for n in notes]
-    path = os.path.join(root, "noise.md")
-    os.makedirs(root, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(text))
+    path = _write_markdown(root, "noise.md", text, runs, skipped)
     if not args.get("figures", True):
         return [path]
     from hetreg_jax import experiment_figures
@@ -470,11 +465,5 @@ def report_table5(runs, base, root, profile, skipped, args) -> list[str]:
             "bins, |RMS endpoint error − √ndim · RMS σ_z| weighted by count; σ_I: predicted against the "
             "phantoms' true noise σ (README, 'Displacement uncertainty'). The paper's numbers are on real "
             "ACDC / CAMUS.\n", markdown(header, rows)]
-    notes = _footnotes(runs, root, skipped)
-    if notes:
-        text += ["\nNotes:\n"] + [n + "\n" for n in notes]
-    path = os.path.join(root, "table5.md")
-    os.makedirs(root, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(text))
+    path = _write_markdown(root, "table5.md", text, runs, skipped)
     return [path]
