@@ -237,3 +237,71 @@ def noise_figure(results: dict, scales, methods, path: str) -> str | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# Table 5's σ_z rows, drawn in this order in fig4: (method, motion.predict_sigma) -> column title.
+FIG4_ROWS = {("mse", True): "ours, σ_z only", ("ours", True): "ours, σ_z and σ_I", ("vxm_diff", False): "Vxm-diff"}
+
+
+def fig4(runs, base, root, profile) -> str | None:
+    """``fig4.png`` (the paper's Fig. 4): a few test pairs of the lowest finished seed, one row each:
+    the fixed (ES) image, then for every finished σ_z model (ours with σ_z, ours with both, vxm-diff)
+    its predicted σ_z and its true endpoint error ``|u_pred − u_true|`` on the same pair; the σ_z
+    maps share one colour scale, the error maps another, both in voxels."""
+    import hetreg_jax
+
+    done = [r for r in runs if finished(r, base, root, profile) and (r.method, r.predict_sigma) in FIG4_ROWS]
+    if not done:
+        return None
+    seed = min(r.seed for r in done)
+    dataset = next(r.dataset for r in done if r.seed == seed)
+    models = [next(r for r in done if r.seed == seed and r.dataset == dataset and (r.method, r.predict_sigma) == key)
+              for key in FIG4_ROWS if any(r.seed == seed and r.dataset == dataset and
+                                          (r.method, r.predict_sigma) == key for r in done)]
+    pairs = _test_pairs(models[0], base, profile)
+    n = len(pairs["pair_id"])
+    picks = np.unique(np.linspace(0, n - 1, min(FIG2_PAIRS, n)).round().astype(int))
+    moving, fixed = pairs["moving"][picks, ..., 0], pairs["fixed"][picks, ..., 0]
+    truth = pairs.get("displacement")
+    view = (lambda a: a) if fixed.ndim == 3 else (lambda a: a[..., a.shape[-1] // 2])
+    maps = []  # per model: (sigma_z [P, *S], error [P, *S] or None)
+    for run in models:
+        out = hetreg_jax.load(run.path(root)).register(moving, fixed)
+        error = None if truth is None else np.linalg.norm(out["displacement"] - truth[picks], axis=-1)
+        maps.append((out["sigma_z"], error))
+    sigma_high = float(np.quantile(np.concatenate([s.ravel() for s, _ in maps]), 0.99))
+    errors = [e for _, e in maps if e is not None]
+    error_high = float(np.quantile(np.concatenate([e.ravel() for e in errors]), 0.99)) if errors else 1.0
+    per_model = 2 if errors else 1
+    plt = _pyplot()
+    cols = 1 + per_model * len(models)
+    fig, axes = plt.subplots(len(picks), cols, figsize=(2.6 * cols, 2.5 * len(picks) + 0.6), squeeze=False)
+    for k, i in enumerate(picks):
+        row = axes[k]
+        shown = row[0].imshow(view(fixed[k]), cmap="gray", vmin=0, vmax=1)
+        row[0].set_ylabel(f"{DATASET_NAMES.get(dataset, dataset)}\n{pairs['pair_id'][i]}", fontsize=7)
+        panels = [(shown, row[0], "fixed (ES)", "intensity")]
+        for m, (run, (sigma, error)) in enumerate(zip(models, maps)):
+            name = FIG4_ROWS[(run.method, run.predict_sigma)]
+            ax = row[1 + per_model * m]
+            panels.append((ax.imshow(view(sigma[k]), cmap="magma", vmin=0, vmax=sigma_high), ax,
+                           f"{name}: σ_z", "σ_z (voxels)"))
+            if error is not None:
+                ax = row[2 + per_model * m]
+                panels.append((ax.imshow(view(error[k]), cmap="inferno", vmin=0, vmax=error_high), ax,
+                               f"{name}: |u − u_true|", "endpoint error (voxels)"))
+        for image, ax, title, unit in panels:
+            bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+            bar.set_label(unit, fontsize=7)
+            bar.ax.tick_params(labelsize=6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k == 0:
+                ax.set_title(title, fontsize=8)
+    fig.suptitle(f"Displacement uncertainty σ_z against the true endpoint error (test pairs, seed {seed})",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    path = os.path.join(root, "fig4.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -466,4 +466,8 @@ def report_table5(runs, base, root, profile, skipped, args) -> list[str]:
             "phantoms' true noise σ (README, 'Displacement uncertainty'). The paper's numbers are on real "
             "ACDC / CAMUS.\n", markdown(header, rows)]
     path = _write_markdown(root, "table5.md", text, runs, skipped)
-    return [path]
+    if not args.get("figures", True):
+        return [path]
+    from hetreg_jax import experiment_figures
+    figure = experiment_figures.fig4(runs, base, root, profile)
+    return [path] + ([figure] if figure else [])

@@ -187,6 +187,14 @@ def test_sampled_run_resumes_to_the_uninterrupted_result_and_reports_sigma_z(tmp
     assert all(o <= c + 1e-12 for c, o in zip(curves["curve"], curves["oracle"]))
     for figure in ("uncertainty.png", "sigma_z_calibration.png"):
         assert os.path.getsize(os.path.join(full, "eval", figure)) > 10_000, figure
+    # the runner's fig4 draws this run's sigma_z and endpoint error (Table 5's "ours, sigma_z only")
+    from hetreg_jax import experiment_figures, experiments
+    run = experiments.Run("acdc", "voxelmorph", "mse", 0, predict_sigma=True)
+    root = str(tmp_path / "table5")
+    os.makedirs(os.path.dirname(run.path(root)))
+    os.symlink(full, run.path(root))
+    path = experiment_figures.fig4([run], config, root, "paper")
+    assert path == os.path.join(root, "fig4.png") and os.path.getsize(path) > 10_000
 
 
 def test_register_maps_sigma_z_onto_the_fixed_grid(tmp_path):
@@ -235,7 +243,7 @@ def test_table5_plan_and_report_on_known_numbers(tmp_path):
                                      sigma_z_ause="" if not (run.predict_sigma or run.method == "vxm_diff") else 0.1 * i))
         with open(os.path.join(out, "test_metrics.json"), "w") as f:
             json.dump({"checkpoint_step": 2}, f)
-    path, = experiment_report.report_table5(runs, config, root, "paper", [], {})
+    path, = experiment_report.report_table5(runs, config, root, "paper", [], {"figures": False})
     lines = [line for line in open(path).read().splitlines() if line.startswith("| ACDC")]
     assert len(lines) == 5
     cells = [c.strip() for c in lines[2].split("|")[1:-1]]  # ours, sigma_z only
