@@ -227,9 +227,12 @@ def _train_steps(trainer: Trainer, state, start: int, splits: dict, config, work
                 pending += measured
                 done = end
                 last = done == config.num_steps
-                log = done % config.log_every == 0 or last or stop.requested
-                save = done % config.checkpoint_every == 0 or last or stop.requested
-                validate = bool(config.eval_every) and done % config.eval_every == 0 and not stop.requested
+                # Read once: a Ctrl-C arriving while this step is logged or saved is acted on at the
+                # next step, which then saves before stopping (never a stop without its checkpoint).
+                stopping = stop.requested
+                log = done % config.log_every == 0 or last or stopping
+                save = done % config.checkpoint_every == 0 or last or stopping
+                validate = bool(config.eval_every) and done % config.eval_every == 0 and not stopping
                 if not (log or save or validate):
                     continue
                 kept = (f"the last good checkpoint (step {saved}) is kept in {ckpt.directory}" if saved
@@ -254,7 +257,7 @@ def _train_steps(trainer: Trainer, state, start: int, splits: dict, config, work
                         raise NoSpace(f"{exc}; {kept}; free some space and rerun the same command "
                                       "to resume") from None
                     saved = done
-                if stop.requested and not last:
+                if stopping and not last:
                     raise Interrupted(done, saved, ckpt.directory)
     finally:
         writer.close()
