@@ -170,7 +170,11 @@ def fig3(runs, base, root, profile) -> str | None:
                  "viridis", "log₁₀ σ² (intensity²)"),
                 (out["log_var"] / np.log(10.0), "predicted σ² (ours)", "viridis", "log₁₀ σ² (intensity²)"),
                 (out["weight"], "SNR weight w (ours)", "cividis", "w (no unit)")]
-        both = np.concatenate([maps[1][0].ravel(), maps[2][0].ravel()])
+        inside = pairs["noise_sigma"][i, ..., 0] > 0  # echo phantoms: no noise (σ = 0) outside the fan
+        if not inside.any():
+            inside = np.ones_like(inside)
+        maps[1] = (np.where(inside, maps[1][0], np.nan),) + maps[1][1:]  # blank where σ = 0
+        both = np.concatenate([maps[1][0][inside], maps[2][0][inside]])
         low, high = np.quantile(both, 0.01), np.quantile(both, 0.99)
         for ax, (image, title, cmap, unit) in zip(row[:4], maps):
             limits = dict(vmin=low, vmax=high) if "σ²" in unit else {}
