@@ -25,6 +25,7 @@ MODELS = ("voxelmorph", "transmorph")
 MOTION_SCHEDULES = ("auto", "constant", "poly")
 LABEL_RULES = ("threshold", "reference")
 DATA_PLACEMENTS = ("auto", "device", "host")
+CHUNK_FORMS = ("auto", "loop", "unrolled")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 REMAT_MODES = ("none", "blocks")
 POSITIVE_INTS = ("num_steps", "steps_per_epoch", "batch_size", "steps_per_call", "log_every", "checkpoint_every",
@@ -104,6 +105,7 @@ def validate_config(config) -> None:
     _check_choice(config, "eval.label_rule", LABEL_RULES)
     _check_choice(config, "data.dataset", synthetic.KINDS)
     _check_choice(config, "data.on_device", DATA_PLACEMENTS)
+    _check_choice(config, "steps_per_call_form", CHUNK_FORMS)
     _check_choice(config, "compute_dtype", COMPUTE_DTYPES)
     _check_choice(config, "remat", REMAT_MODES)
     if config.data.on_device == "host" and config.steps_per_call > 1:

@@ -16,7 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_steps = 30_000            # training steps (paper: 300 epochs of 100 steps)
     c.steps_per_epoch = 100         # an "epoch" = this many random batches drawn with replacement
     c.batch_size = 8                # global batch (pairs per step), split over all devices
-    c.steps_per_call = 1            # K iterations per jitted call (jax.lax.scan), data on the devices
+    c.steps_per_call = 1            # K iterations per jitted call, data on the devices
+    c.steps_per_call_form = "auto"  # the K steps as a "loop" (fori_loop) or "unrolled" (auto: unrolled on CPU)
     c.log_every = 50                # terminal progress + metrics.jsonl + TensorBoard every N steps
     c.eval_every = 1_000            # validation Dice every N steps (0 = never during training)
     c.checkpoint_every = 1_000      # orbax checkpoint every N steps (and always at the end)

@@ -3,12 +3,14 @@ from the host, one step per call.
 
 - **On the devices** (``data.on_device``: ``"auto"`` when it fits, or ``"device"``): the training
   split's images are placed once on every device (replicated); each call runs K =
-  ``steps_per_call`` iterations in one ``jax.lax.fori_loop`` (:meth:`steps.Trainer.train_chunk`), each
-  gathering its batch on the devices from the indices that ``default_rng([seed, t])`` gives, the
-  same indices as the host path. No host gather, no host-to-device copy and one dispatch per K steps.
-  The loop's trip count is a run-time value, so every chunk length up to K runs the same compiled
-  program (one compilation) and gives the same floating-point results: K = 1 and K = 4 end with
-  bit-identical parameters (tested).
+  ``steps_per_call`` iterations (:meth:`steps.Trainer.train_chunk`), each gathering its batch on the
+  devices from the indices that ``default_rng([seed, t])`` gives, the same indices as the host path.
+  No host gather, no host-to-device copy and one dispatch per K steps. In the ``"loop"`` form
+  (:func:`steps.chunk_form`) the K steps are a ``jax.lax.fori_loop`` whose trip count is a run-time
+  value, so every chunk length up to K runs the same compiled program and gives the same
+  floating-point results: K = 1 and K = 4 end with bit-identical parameters (tested). In the
+  ``"unrolled"`` form (the default on XLA:CPU) they are one straight-line program; a chunk shorter
+  than K runs as one-step calls (two compilations), and the results agree with K = 1 to rounding.
 - **On the host** (``"host"``; or ``"auto"`` when the split would take more than a quarter of one
   device's memory, or 2 GiB where the device does not report its memory; or ``"auto"`` on a CPU
   with ``steps_per_call=1``, where the "device" is the host and the copy a memcpy): numpy gathers
@@ -30,6 +32,7 @@ import numpy as np
 
 from hetreg_jax import sharding
 from hetreg_jax.data import pipeline
+from hetreg_jax.steps import chunk_form
 
 AUTO_FRACTION = 0.25         # "auto": on the devices up to this share of one device's memory
 AUTO_LIMIT_BYTES = 2 << 30   # ... or up to this where the device does not report its memory (CPU)
@@ -61,9 +64,12 @@ def placement(pairs: Mapping, config, mesh) -> tuple[bool, str]:
                        f"({'2 GiB' if limit_bytes is None else 'a quarter of one device'})")
     if mesh.devices.flat[0].platform == "cpu" and k == 1:
         return False, f"{what} kept on the host (a CPU run with steps_per_call=1), one step per call"
-    slow = (" (on XLA:CPU a loop of steps runs 8-10x slower than single steps: keep steps_per_call=1"
-            " there)" if mesh.devices.flat[0].platform == "cpu" and k > 1 else "")
-    return True, f"{what} placed on every device, {k} step(s) per call{slow}"
+    form = chunk_form(config, mesh)
+    slow = (" (on XLA:CPU a loop of steps runs 8-10x slower than single steps: use "
+            "steps_per_call_form='unrolled' there)" if mesh.devices.flat[0].platform == "cpu" and k > 1
+            and form == "loop" else "")
+    how = f", {form}" if k > 1 else ""
+    return True, f"{what} placed on every device, {k} step(s) per call{how}{slow}"
 
 
 def chunk_end(config, phase_of, start: int, k: int) -> int:
@@ -96,14 +102,14 @@ class Feed:
 
     def run(self, state, start: int, end: int, phase: str):
         cfg = self.config
+        if self.on_device and self.trainer.chunk_form == "unrolled" and end - start < cfg.steps_per_call:
+            out = []  # a short chunk runs as one-step calls: two compiled programs, K and 1 steps
+            for t in range(start, end):
+                state, measured = self._chunk(state, t, t + 1, phase, rows=1)
+                out += measured
+            return state, out
         if self.on_device:
-            indices = np.zeros((cfg.steps_per_call, cfg.batch_size), np.int32)
-            for row, t in enumerate(range(start, end)):
-                indices[row] = pipeline.batch_indices(cfg.seed, t, self.n, cfg.batch_size)
-            length = np.int32(end - start)
-            indices, length = sharding.replicate((indices, length), self.trainer.mesh)
-            state, stacked = self.trainer.train_chunk(phase)(state, self.data, indices, length)
-            return state, [(start + 1, phase, {k: v[:end - start] for k, v in stacked.items()})]
+            return self._chunk(state, start, end, phase, rows=cfg.steps_per_call)
         out = []
         for t in range(start, end):
             batch = sharding.global_batch(
@@ -111,3 +117,13 @@ class Feed:
             state, measures = self.trainer.train_step(phase)(state, batch)
             out.append((t + 1, phase, measures))
         return state, out
+
+    def _chunk(self, state, start: int, end: int, phase: str, rows: int):
+        cfg = self.config
+        indices = np.zeros((rows, cfg.batch_size), np.int32)
+        for row, t in enumerate(range(start, end)):
+            indices[row] = pipeline.batch_indices(cfg.seed, t, self.n, cfg.batch_size)
+        length = np.int32(end - start)
+        indices, length = sharding.replicate((indices, length), self.trainer.mesh)
+        state, stacked = self.trainer.train_chunk(phase)(state, self.data, indices, length)
+        return state, [(start + 1, phase, {k: v[:end - start] for k, v in stacked.items()})]

@@ -32,6 +32,17 @@ LOG_VAR_RANGE = (-15.0, 15.0)
 PHASES = ("motion", "motion_warmup", "variance", "alternating", "joint")
 
 
+def chunk_form(config, mesh) -> str:
+    """How K steps run in one call: ``"loop"`` (a ``fori_loop``, one program for every chunk length)
+    or ``"unrolled"`` (K copies of the step in one straight-line program). ``"auto"`` is
+    ``"unrolled"`` on XLA:CPU, whose convolution gradients inside a loop body run 8-10x slower
+    (``benchmarks/xla_cpu_loop_conv.py``), and ``"loop"`` on GPU and TPU."""
+    form = config.get("steps_per_call_form", "auto")
+    if form == "auto":
+        return "unrolled" if mesh.devices.flat[0].platform == "cpu" else "loop"
+    return form
+
+
 def precision_kwargs(config) -> dict:
     """``dtype`` (``config.compute_dtype``) and ``remat`` (``config.remat == "blocks"``) of every network;
     configs saved before these keys existed mean float32 without rematerialisation."""
@@ -111,7 +122,9 @@ class Trainer:
         self.motion_step = jit_step(functools.partial(self._motion_step, weighted=self.method.uses_variance))
         self.variance_step = jit_step(self._variance_step)
         self._iterations = {phase: jit_step(self._iteration(phase)) for phase in PHASES}
-        self._chunks = {phase: jit_step(self._chunk(phase)) for phase in PHASES}
+        self.chunk_form = chunk_form(config, self.mesh)
+        chunk = self._unrolled_chunk if self.chunk_form == "unrolled" else self._chunk
+        self._chunks = {phase: jit_step(chunk(phase)) for phase in PHASES}
         # Replicated outputs: every process of a multi-host run can read the whole batch's predictions.
         self.predict = jax.jit(self._predict, out_shardings=repl)
 
@@ -156,7 +169,8 @@ class Trainer:
         ``[N, *spatial, 1]``, replicated); ``indices`` ``[K, batch]`` are the pair indices of up to K
         steps (rows past ``length`` are ignored); each step gathers its batch there and shards it
         over the mesh. The measurements come back stacked, ``[K]`` per key, the first ``length``
-        valid.
+        valid. In the ``"unrolled"`` form (:func:`chunk_form`) the program runs all ``len(indices)``
+        steps: ``length`` must equal it, and each distinct length is its own compilation.
         """
         return self._chunks[phase]
 
@@ -302,14 +316,30 @@ class Trainer:
             return state.replace(step=state.step + 1), measures
         return iterate
 
+    def _gather(self, data, indices, i):
+        """Step ``i``'s batch of a chunk, gathered from the data on the devices and sharded."""
+        batch_sharding = sharding.batch_sharding(self.mesh)
+        return {k: jax.lax.with_sharding_constraint(jnp.take(v, indices[i], axis=0), batch_sharding)
+                for k, v in data.items()}
+
+    def _unrolled_chunk(self, phase: str) -> Callable:
+        iterate = self._iteration(phase)
+
+        def run(state, data, indices, length):
+            del length  # == len(indices): the steps are traced one after the other
+            measures = []
+            for i in range(indices.shape[0]):
+                state, m = iterate(state, self._gather(data, indices, i))
+                measures.append(m)
+            return state, {k: jnp.stack([m[k] for m in measures]) for k in measures[0]}
+        return run
+
     def _chunk(self, phase: str) -> Callable:
         iterate = self._iteration(phase)
-        batch_sharding = sharding.batch_sharding(self.mesh)
 
         def run(state, data, indices, length):
             def gather(i):
-                return {k: jax.lax.with_sharding_constraint(jnp.take(v, indices[i], axis=0), batch_sharding)
-                        for k, v in data.items()}
+                return self._gather(data, indices, i)
 
             def body(i, carry):
                 state, stacked = carry

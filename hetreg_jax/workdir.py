@@ -46,7 +46,7 @@ METRICS_NAME = "metrics.jsonl"
 # the same steps up to float rounding). With the "poly" learning-rate schedule num_steps also sets
 # the decay length, so extending it changes the remaining learning rates (documented in the README).
 FREE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "steps_per_call",
-             "data.on_device")
+             "steps_per_call_form", "data.on_device")
 FREE_PREFIXES = ("eval.",)
 
 _ABSENT = "<absent>"

@@ -20,12 +20,12 @@ def _records(workdir):
 
 
 def test_steps_per_call_gives_bit_identical_parameters_logs_and_resume(tmp_path):
-    """K = 1 and K = 4 (chunks of 4 and 2 between the checkpoints at 6 and 12) on the devices end
-    with bit-identical parameters, losses and test metrics; so does a K = 4 run stopped at its
-    checkpoint and resumed."""
+    """In a loop, K = 1 and K = 4 (chunks of 4 and 2 between the checkpoints at 6 and 12) on the
+    devices end with bit-identical parameters, losses and test metrics; so does a K = 4 run stopped
+    at its checkpoint and resumed."""
     def config(k, num_steps=12):
         return make_tiny_config(num_steps=num_steps, log_every=3, checkpoint_every=6, steps_per_call=k,
-                                **{"data.on_device": "device"})
+                                steps_per_call_form="loop", **{"data.on_device": "device"})
 
     runs = {name: str(tmp_path / name) for name in ("k1", "k4", "k4_resumed")}
     summaries = {name: train.train_and_evaluate(config(k), runs[name]) for name, k in (("k1", 1), ("k4", 4))}
@@ -41,6 +41,42 @@ def test_steps_per_call_gives_bit_identical_parameters_logs_and_resume(tmp_path)
     assert _records(runs["k1"]) == _records(runs["k4"]) == _records(runs["k4_resumed"])
     assert [r["step"] for r in _records(runs["k1"])] == [3, 6, 9, 12]
     assert summaries["k1"] == summaries["k4"] == summaries["k4_resumed"]
+
+
+def test_unrolled_steps_agree_with_single_steps_and_resume_bit_identically(tmp_path):
+    """Unrolled, K = 4 over 10 steps is two 4-step calls and two 1-step calls (the short chunk before
+    the end). Its parameters agree with K = 1's to float rounding (another program), a run stopped at
+    its checkpoint (step 8) and resumed is bit-identical to the uninterrupted one, and the losses are
+    logged at the same steps."""
+    def config(k, num_steps=10):
+        return make_tiny_config(num_steps=num_steps, log_every=4, checkpoint_every=8, steps_per_call=k,
+                                steps_per_call_form="unrolled", **{"data.on_device": "device"})
+
+    runs = {name: str(tmp_path / name) for name in ("k1", "k4", "k4_resumed")}
+    calls = []
+    real = steps.Trainer.train_chunk
+    with pytest.MonkeyPatch.context() as mp:
+        def spy(self, phase):
+            def call(state, data, indices, length):
+                calls.append(int(indices.shape[0]))
+                return real(self, phase)(state, data, indices, length)
+            return call
+        mp.setattr(steps.Trainer, "train_chunk", spy)
+        train.train_and_evaluate(config(4), runs["k4"])
+    assert calls == [4, 4, 1, 1]
+    train.train_and_evaluate(config(1), runs["k1"])
+    train.train_and_evaluate(config(4, num_steps=8), runs["k4_resumed"])
+    train.train_and_evaluate(config(4), runs["k4_resumed"])
+
+    (k1, _), (k4, _), (resumed, meta) = [host_state(runs[name], config(1)) for name in runs]
+    assert meta["step"] == 10
+    for a, b, c in zip(jax.tree.leaves(k1), jax.tree.leaves(k4), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(b, c)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+    assert [r["step"] for r in _records(runs["k4"])] == [4, 8, 10]
+    assert _records(runs["k4"]) == _records(runs["k4_resumed"])
+    for a, b in zip(_records(runs["k1"]), _records(runs["k4"]), strict=True):
+        assert a["motion_loss"] == pytest.approx(b["motion_loss"], rel=1e-4)
 
 
 def test_device_and_host_paths_draw_the_same_batches_and_agree_to_rounding(tmp_path):
@@ -73,9 +109,11 @@ def test_auto_placement_and_its_reasons(monkeypatch):
 
     assert place() == (False, "training data: 6 pairs (0.0 MiB) kept on the host (a CPU run with "
                               "steps_per_call=1), one step per call")
-    on_device, reason = place(k=10)
+    assert place(k=10) == (True, "training data: 6 pairs (0.0 MiB) placed on every device, 10 step(s) per call, "
+                                 "unrolled")
+    on_device, reason = feed.placement(pairs, make_tiny_config(steps_per_call=10, steps_per_call_form="loop"), mesh)
     assert on_device and reason.startswith("training data: 6 pairs (0.0 MiB) placed on every device, 10 step(s) "
-                                           "per call (on XLA:CPU a loop of steps runs 8-10x slower")
+                                           "per call, loop (on XLA:CPU a loop of steps runs 8-10x slower")
     assert place(mode="device")[0] and not place(mode="host")[0]
     monkeypatch.setattr(feed, "AUTO_LIMIT_BYTES", 1000)
     on_device, reason = place(k=10)
@@ -86,10 +124,10 @@ def test_auto_placement_and_its_reasons(monkeypatch):
 
 def test_chunk_gathers_the_batches_of_the_host_path():
     """The indices of step t are pipeline.batch_indices(seed, t, ...) on both paths."""
-    config = make_tiny_config()
+    config = make_tiny_config(steps_per_call=3, steps_per_call_form="loop", **{"data.on_device": "device"})
     splits = pipeline.load_splits(config)
     trainer = steps.Trainer(config)
-    f = feed.Feed(trainer, splits["train"], make_tiny_config(steps_per_call=3, **{"data.on_device": "device"}))
+    f = feed.Feed(trainer, splits["train"], config)
     captured = []
     monkey_chunk = trainer.train_chunk
 
