@@ -72,6 +72,11 @@ def _train_call(trainer, config, rng):
     return trainer.train_chunk(phase), args, k
 
 
+def _figures(rate: float) -> float:
+    """A rate to 4 significant figures (a 3D step's 0.0213 pairs/s keeps its digits)."""
+    return float(f"{rate:.4g}")
+
+
 def _xla_memory_mb(compiled) -> dict:
     """XLA's buffer plan of a compiled call (per device): temporaries (activations kept for the
     backward pass, scratch) and arguments, in MiB; empty where the backend does not say."""
@@ -139,9 +144,9 @@ def benchmark(config, steps: int, infer_batches: int, warmup_calls: int = 1, com
     peak_mb, peak_kind = _peak_memory_mb()
     return {
         **info, "compile_s": round(compile_s, 2), "infer_compile_s": round(infer_compile_s, 2),
-        "train_pairs_per_s": round(steps * config.batch_size / train_s, 2),
-        "train_steps_per_s": round(steps / train_s, 3),
-        "infer_pairs_per_s": round(infer_batches * config.batch_size / infer_s, 2),
+        "train_pairs_per_s": _figures(steps * config.batch_size / train_s),
+        "train_steps_per_s": _figures(steps / train_s),
+        "infer_pairs_per_s": _figures(infer_batches * config.batch_size / infer_s),
         "peak_memory_mb": round(peak_mb, 1), "peak_memory_kind": peak_kind,
         "final_loss_finite": bool(np.all(np.isfinite(np.asarray(measures["motion_loss"])))),
     }

@@ -144,10 +144,12 @@ def format_table(rows: list[dict]) -> str:
     """The rows as one fixed-width text table (missing figures shown as '-')."""
     def cells(r):
         def num(key, fmt):
+            if key in r and fmt == "rate":  # two decimals, or three significant figures below 1
+                return format(r[key], ".2f" if r[key] >= 1 else ".3g")
             return format(r[key], fmt) if key in r else "-"
         return (r["model"], "x".join(str(n) for n in r["image_size"]), str(r["batch_size"]),
-                str(r["steps_per_call"]), r["compute_dtype"], r["remat"], num("train_pairs_per_s", ".2f"),
-                num("infer_pairs_per_s", ".2f"), num("compile_s", ".1f"), num("peak_memory_mb", ".0f"),
+                str(r["steps_per_call"]), r["compute_dtype"], r["remat"], num("train_pairs_per_s", "rate"),
+                num("infer_pairs_per_s", "rate"), num("compile_s", ".1f"), num("peak_memory_mb", ".0f"),
                 num("xla_temp_mb", ".0f"), r["status"])
     lines = ["  ".join(name.ljust(width) for name, width in COLUMNS).rstrip()]
     lines.append("  ".join(("-" * max(width, len(name))) for name, width in COLUMNS))
