@@ -44,15 +44,15 @@ def test_steps_per_call_gives_bit_identical_parameters_logs_and_resume(tmp_path)
 
 
 def test_unrolled_steps_agree_with_single_steps_and_resume_bit_identically(tmp_path):
-    """Unrolled, K = 4 over 10 steps is two 4-step calls and two 1-step calls (the short chunk before
+    """Unrolled, K = 2 over 5 steps is two 2-step calls and a 1-step call (the short chunk before
     the end). Its parameters agree with K = 1's to float rounding (another program), a run stopped at
-    its checkpoint (step 8) and resumed is bit-identical to the uninterrupted one, and the losses are
+    its checkpoint (step 4) and resumed is bit-identical to the uninterrupted one, and the losses are
     logged at the same steps."""
-    def config(k, num_steps=10):
-        return make_tiny_config(num_steps=num_steps, log_every=4, checkpoint_every=8, steps_per_call=k,
+    def config(k, num_steps=5):
+        return make_tiny_config(num_steps=num_steps, log_every=2, checkpoint_every=4, steps_per_call=k,
                                 steps_per_call_form="unrolled", **{"data.on_device": "device"})
 
-    runs = {name: str(tmp_path / name) for name in ("k1", "k4", "k4_resumed")}
+    runs = {name: str(tmp_path / name) for name in ("k1", "k2", "k2_resumed")}
     calls = []
     real = steps.Trainer.train_chunk
     with pytest.MonkeyPatch.context() as mp:
@@ -62,20 +62,20 @@ def test_unrolled_steps_agree_with_single_steps_and_resume_bit_identically(tmp_p
                 return real(self, phase)(state, data, indices, length)
             return call
         mp.setattr(steps.Trainer, "train_chunk", spy)
-        train.train_and_evaluate(config(4), runs["k4"])
-    assert calls == [4, 4, 1, 1]
+        train.train_and_evaluate(config(2), runs["k2"])
+    assert calls == [2, 2, 1]
     train.train_and_evaluate(config(1), runs["k1"])
-    train.train_and_evaluate(config(4, num_steps=8), runs["k4_resumed"])
-    train.train_and_evaluate(config(4), runs["k4_resumed"])
+    train.train_and_evaluate(config(2, num_steps=4), runs["k2_resumed"])
+    train.train_and_evaluate(config(2), runs["k2_resumed"])
 
-    (k1, _), (k4, _), (resumed, meta) = [host_state(runs[name], config(1)) for name in runs]
-    assert meta["step"] == 10
-    for a, b, c in zip(jax.tree.leaves(k1), jax.tree.leaves(k4), jax.tree.leaves(resumed), strict=True):
+    (k1, _), (k2, _), (resumed, meta) = [host_state(runs[name], config(1)) for name in runs]
+    assert meta["step"] == 5
+    for a, b, c in zip(jax.tree.leaves(k1), jax.tree.leaves(k2), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(b, c)
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
-    assert [r["step"] for r in _records(runs["k4"])] == [4, 8, 10]
-    assert _records(runs["k4"]) == _records(runs["k4_resumed"])
-    for a, b in zip(_records(runs["k1"]), _records(runs["k4"]), strict=True):
+    assert [r["step"] for r in _records(runs["k2"])] == [2, 4, 5]
+    assert _records(runs["k2"]) == _records(runs["k2_resumed"])
+    for a, b in zip(_records(runs["k1"]), _records(runs["k2"]), strict=True):
         assert a["motion_loss"] == pytest.approx(b["motion_loss"], rel=1e-4)
 
 
