@@ -250,6 +250,17 @@ def test_ctrl_c_saves_the_current_step_then_a_rerun_resumes(cli, tmp_path):
 def test_the_first_ctrl_c_only_asks_and_the_second_stops_at_once():
     from hetreg_jax.interrupt import StopRequest
 
+    # Python's own handler before, as in a terminal (a pytest-xdist worker installs another one)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        _first_asks_second_stops(StopRequest)
+    finally:
+        signal.signal(signal.SIGINT, outer)
+    assert before is signal.default_int_handler
+
+
+def _first_asks_second_stops(StopRequest):
     before = signal.getsignal(signal.SIGINT)
     with StopRequest() as stop:
         assert not stop.requested
