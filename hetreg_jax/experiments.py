@@ -217,18 +217,24 @@ def _add_wall_time(workdir: str, seconds: float) -> None:
 
 
 def eta(runs, todo, root: str) -> float | None:
-    """Seconds left: each remaining run costs the mean wall time of finished runs of its method
-    (of any run when none of its method is finished yet)."""
-    times: dict[str, list[float]] = {}
+    """Seconds left: each remaining run costs the median wall time of the finished runs most like
+    it: of its dataset, model and method (any γ or noise scale), else of its method, else of any
+    run. The median, because a run made while the machine was busy can take ten times as long."""
+    import statistics
+
+    groups: dict[tuple, list[float]] = {}
     for run in runs:
         t = wall_time(run.path(root))
         if t is not None and run not in todo:
-            times.setdefault(run.method, []).append(t)
-    every = [t for ts in times.values() for t in ts]
-    if not every:
+            for key in ((run.dataset, run.model, run.method), (run.method,), ()):
+                groups.setdefault(key, []).append(t)
+    if () not in groups:
         return None
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return sum(mean(times.get(run.method) or every) for run in todo)
+    total = 0.0
+    for run in todo:
+        key = next(k for k in ((run.dataset, run.model, run.method), (run.method,), ()) if k in groups)
+        total += statistics.median(groups[key])
+    return total
 
 
 def _clock(seconds: float | None) -> str:

@@ -126,3 +126,25 @@ def test_table2_t_test_matches_scipy_on_known_numbers(tmp_path):
     expected = stats.ttest_rel(ours[0::2] + ours[1::2], mse[0::2] + mse[1::2])
     assert cells[3] == f"{np.mean(np.subtract(ours, mse)):+.2f}" and cells[4] == f"{expected.statistic:.2f}"
     assert cells[5] == f"{expected.pvalue:.2g}" and cells[6] == "5" and cells[7] == "0.02"
+
+
+def test_eta_uses_the_median_of_the_most_similar_finished_runs(tmp_path):
+    root = str(tmp_path)
+    Run = experiments.Run
+
+    def finished(run, seconds):
+        os.makedirs(run.path(root), exist_ok=True)
+        experiments._add_wall_time(run.path(root), seconds)
+        return run
+
+    done = [finished(Run("acdc", "voxelmorph", "ours", s), t) for s, t in ((0, 100.0), (1, 120.0), (2, 3000.0))]
+    done += [finished(Run("echo3d", "voxelmorph", "ours", 0), 1000.0),
+             finished(Run("acdc", "voxelmorph", "mse", 0), 50.0)]
+    todo = [Run("acdc", "voxelmorph", "ours", 3, gamma=0.25),  # its own group: median(100, 120, 3000) = 120
+            Run("camus", "voxelmorph", "mse", 0),              # no camus/mse yet: every mse run, 50
+            Run("acdc", "voxelmorph", "nll", 0)]               # no nll at all: every run, median 120
+    assert experiments.eta(done + todo, todo, root) == pytest.approx(120.0 + 50.0 + 120.0)
+    assert experiments.eta(todo, todo, root) is None  # nothing finished: unknown
+    os.makedirs(todo[0].path(root))
+    experiments._add_wall_time(todo[0].path(root), 5.0)  # an interrupted run's partial time is not a finished run's
+    assert experiments.eta(done + todo, todo, root) == pytest.approx(290.0)
