@@ -148,3 +148,12 @@ def test_eta_uses_the_median_of_the_most_similar_finished_runs(tmp_path):
     os.makedirs(todo[0].path(root))
     experiments._add_wall_time(todo[0].path(root), 5.0)  # an interrupted run's partial time is not a finished run's
     assert experiments.eta(done + todo, todo, root) == pytest.approx(290.0)
+
+
+def test_cost_table_reports_the_median_wall_time_over_seeds(tmp_path):
+    root = str(tmp_path)
+    runs = [_fake_run(root, "mse", s, [80, 84], [5, 5], [1.0, 1.2]) for s in range(3)]
+    for run, seconds in zip(runs, (60.0, 90.0, 1800.0)):  # the third run was made on a busy machine
+        experiments._add_wall_time(run.path(root), seconds)
+    text = report.cost_table(runs, _config(), root, "paper", ["acdc"])
+    assert "| VoxelMorph MSE | 1.5 min |" in text  # the median, 90 s; the mean would be 11.0 min
