@@ -195,7 +195,7 @@ def fig3(runs, base, root, profile) -> str | None:
             oracle = np.mean([s["sparsification"]["oracle"] for s in summaries], axis=0)
             ause = np.mean([s["ause"]["mean"] for s in summaries])
             colour = COLOURS[method]
-            ax.plot(x, curve, color=colour, label=f"{METHOD_NAMES[method]} (AUSE {ause:.2e}, {len(summaries)} seeds)")
+            ax.plot(x, curve, color=colour, label=f"{METHOD_NAMES[method]} (AUSE {ause:.2e}, {len(summaries)} seed{'s' if len(summaries) != 1 else ''})")
             ax.plot(x, oracle, color=colour, ls="--", lw=1, label=f"{METHOD_NAMES[method]} oracle")
         ax.set_xlabel("fraction of pixels removed\n(largest predicted σ² first)")
         ax.set_ylabel("MSE of the rest (intensity²)")
