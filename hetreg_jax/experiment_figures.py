@@ -27,6 +27,8 @@ MYOCARDIUM = 2
 FIG2_PAIRS = 3
 COLOURS = {"elastix": "tab:gray", "ncc": "tab:olive", "mi": "tab:brown", "mse": "tab:blue", "nll": "tab:purple",
            "beta_nll": "tab:pink", "adaframe": "tab:orange", "adareg": "tab:green", "ours": "tab:red"}
+# fig2: one colour for every method's contour (the column title names the method), both far from grey
+TRUTH_COLOUR, WARPED_COLOUR = "yellow", "red"
 
 
 def _pyplot():
@@ -90,15 +92,18 @@ def fig2(runs, base, root, profile) -> str | None:
                                       (r.method == "elastix" or x.model == r.model) for x in done):
             columns.append(key)
     plt = _pyplot()
-    rows = [(d, i) for d in datasets for i in range(FIG2_PAIRS)]
+    test_pairs, picked = {}, {}
+    for d in datasets:
+        test_pairs[d] = _test_pairs(next(r for r in done if r.dataset == d and r.seed == seed), base, profile)
+        n = len(test_pairs[d]["pair_id"])
+        picked[d] = np.unique(np.linspace(0, n - 1, min(FIG2_PAIRS, n)).round().astype(int))
+    rows = [(d, k) for d in datasets for k in range(len(picked[d]))]
     width = max(2.2 * len(columns), 7.5)
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(width, 2.3 * len(rows) + 0.9), squeeze=False)
     times: dict[str, float] = {}
     for d in datasets:
-        first = next(r for r in done if r.dataset == d and r.seed == seed)
-        pairs = _test_pairs(first, base, profile)
+        pairs, picks = test_pairs[d], picked[d]
         n = len(pairs["pair_id"])
-        picks = np.unique(np.linspace(0, n - 1, min(FIG2_PAIRS, n)).round().astype(int))
         moving, fixed = pairs["moving"][..., 0], pairs["fixed"][..., 0]
         for c, (model, method) in enumerate(columns):
             run = next((r for r in done if r.dataset == d and r.seed == seed and r.method == method and
@@ -117,20 +122,19 @@ def fig2(runs, base, root, profile) -> str | None:
                 shown = [view(es)] + ([view(warped)] if warped is not None else [])
                 box = _box(*shown)
                 ax.imshow(view(fixed[i])[box], cmap="gray", vmin=0, vmax=1)
-                for mask, colour, width in zip(shown, ["yellow", COLOURS.get(method, "cyan")], [1.6, 1.2]):
+                for mask, colour, lw in zip(shown, [TRUTH_COLOUR, WARPED_COLOUR], [1.6, 1.3]):
                     if mask[box].any():
-                        ax.contour(mask[box].astype(float), levels=[0.5], colors=colour, linewidths=width)
+                        ax.contour(mask[box].astype(float), levels=[0.5], colors=colour, linewidths=lw)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if k == 0:
-                    ax.set_title(row_name(model, method), fontsize=9, color=COLOURS.get(method, "black"))
+                    ax.set_title(row_name(model, method), fontsize=10)
                 if c == 0:
                     ax.set_ylabel(f"{DATASET_NAMES.get(d, d)}\n{pairs['pair_id'][i]}", fontsize=7)
-    handles = [plt.Line2D([], [], color="yellow", lw=2, label="ES myocardium (ground truth)")]
-    handles += [plt.Line2D([], [], color=COLOURS.get(m, "cyan"), lw=2, label=row_name(mo, m)) for mo, m in columns]
-    ncol = max(2, min(len(handles), int(width // 2.0)))
-    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7, frameon=False,
-               title="contours: ground truth, and the warped ED myocardium of each method", title_fontsize=7)
+    handles = [plt.Line2D([], [], color=TRUTH_COLOUR, lw=2, label="ES myocardium (ground truth)"),
+               plt.Line2D([], [], color=WARPED_COLOUR, lw=2, label="ED myocardium warped by the column's method")]
+    ncol = 2
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=9, frameon=False)
     fig.suptitle(f"Test pairs (seed {seed}) on the fixed (ES) image", fontsize=10)
     legend_height = (0.35 + 0.2 * ((len(handles) + ncol - 1) // ncol)) / (2.3 * len(rows) + 0.9)
     fig.tight_layout(rect=(0, legend_height, 1, 0.97))

@@ -219,11 +219,21 @@ def _add_wall_time(workdir: str, seconds: float) -> None:
 def eta(runs, todo, root: str) -> float | None:
     """Seconds left: each remaining run costs the median wall time of the finished runs most like
     it: of its dataset, model and method (any γ or noise scale), else of its method, else of any
-    run. The median, because a run made while the machine was busy can take ten times as long."""
+    run. The median, because a run made while the machine was busy can take ten times as long.
+    Finished runs of the same configuration at other seeds found under ``root`` count too (an
+    earlier call made them)."""
     import statistics
 
+    pool = list(runs)
+    for run in todo:
+        parent = os.path.dirname(run.path(root))
+        for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else ():
+            if name.startswith("seed") and name[4:].isdigit():
+                other = dataclasses.replace(run, seed=int(name[4:]))
+                if other not in pool and os.path.isfile(os.path.join(other.path(root), "eval", "test_metrics.json")):
+                    pool.append(other)
     groups: dict[tuple, list[float]] = {}
-    for run in runs:
+    for run in pool:
         t = wall_time(run.path(root))
         if t is not None and run not in todo:
             for key in ((run.dataset, run.model, run.method), (run.method,), ()):

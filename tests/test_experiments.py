@@ -38,6 +38,13 @@ def test_table1_runs_every_method_once_and_writes_the_reports(table):
     assert sorted(calls) == [os.path.join(root, "acdc", "voxelmorph", m, "seed0") for m in ("mse", "ours")]
     for name in ("table1.md", "table1.csv", "fig2.png", "fig3.png"):
         assert os.path.join(root, name) in paths and os.path.getsize(os.path.join(root, name)) > 0
+    with open(os.path.join(root, "acdc/voxelmorph/ours/seed0/eval/test_per_pair.csv"), newline="") as f:
+        n_test = len(list(csv.DictReader(f)))
+    from PIL import Image
+
+    from hetreg_jax import experiment_figures
+    rows = min(n_test, experiment_figures.FIG2_PAIRS)  # one row per drawn test pair, none left empty
+    assert Image.open(os.path.join(root, "fig2.png")).size[1] == round((2.3 * rows + 0.9) * 110)
     text = open(os.path.join(root, "table1.md"), encoding="utf-8").read()
     ours = json.load(open(os.path.join(root, "acdc/voxelmorph/ours/seed0/eval/test_metrics.json")))
     assert f"{ours['dice']['mean']:.2f} ± {ours['dice']['std']:.2f}" in text  # one seed: the run's own numbers
@@ -148,6 +155,13 @@ def test_eta_uses_the_median_of_the_most_similar_finished_runs(tmp_path):
     os.makedirs(todo[0].path(root))
     experiments._add_wall_time(todo[0].path(root), 5.0)  # an interrupted run's partial time is not a finished run's
     assert experiments.eta(done + todo, todo, root) == pytest.approx(290.0)
+    # a later call planning only seed 3 still knows the earlier seeds' finished runs on disk
+    for run in done[:3]:
+        os.makedirs(os.path.join(run.path(root), "eval"), exist_ok=True)
+        open(os.path.join(run.path(root), "eval", "test_metrics.json"), "w").write("{}")
+    later = Run("acdc", "voxelmorph", "ours", 3)
+    assert experiments.eta([later], [later], root) == pytest.approx(120.0)
+    assert experiments.eta([todo[1]], [todo[1]], root) is None  # no camus/mse run on disk
 
 
 def test_cost_table_reports_the_median_wall_time_over_seeds(tmp_path):
