@@ -24,6 +24,18 @@ Outputs in ``--out``, all on the fixed image's grid with its affine and header:
 - ``displacement_sigma.nii.gz`` (models predicting σ_z: ``motion.predict_sigma`` or ``vxm_diff``): the
   predicted per-voxel displacement std σ_z of the mean displacement, in voxels of the fixed grid
   (resize mode: σ_z times the RMS of the per-axis scale factors; crop mode: NaN outside the crop);
+- ``sigma_z_mm.nii.gz`` (with σ_z, where the network grid's voxels are isotropic, within 1%, along the
+  displacement axes: in-plane for slice-wise ACDC registration): σ_z in mm (network voxels times
+  that voxel size); not written, with a printed line, for anisotropic network voxels;
+- ``itk_warp.nii.gz``: the same registration as an ITK/ANTs displacement field on the fixed grid
+  (``nifti.itk_displacement``): vectors ``d`` in LPS mm with ``fixed point + d = moving point``
+  (the moving file's own affine; a moving image resized onto the fixed shape is mapped back through
+  the aligned-corners scale factors), ``[X, Y, Z, 1, 3]`` float32, intent 1007. Resampling the
+  moving file through ``DisplacementFieldTransform`` with linear interpolation reproduces
+  ``warped.nii.gz`` (exactly for equal shapes, up to the ITK/spatial.warp difference within one
+  voxel of the image border). Slice stacks get a zero-displacement-through-plane 3D field; 2D
+  images and one-slice stacks a 2D field ``[X, Y, 1, 1, 2]`` (ITK reads a one-slice field as 2D),
+  written only when the slice lies in the scanner's x-y plane (else a printed line says why not);
 - ``warped_label.nii.gz`` (with ``--moving_label``): every label warped linearly as a one-hot map,
   then the most likely label per voxel (for the myocardium alone: the evaluation's 0.5 threshold);
 - ``overview.png``: moving, fixed, warped, |fixed - warped|, |u|, log-variance, weight.
@@ -61,6 +73,7 @@ class Inputs:
     pairs: dict
     crop_start: tuple[int, ...] | None = None  # crop mode only
     single_slice: bool = False  # crop mode: the files are 2D [X, Y] slices, handled as [X, Y, 1] stacks
+    moving_shape: tuple[int, ...] | None = None  # resize mode: the moving file's own shape (before its resize)
 
 
 def _as_pair_set(pairs: list[dict], image_size) -> dict:
@@ -86,10 +99,11 @@ def prepare(mode: str, moving: str, fixed: str, moving_label: str | None, image_
     m, f = nifti.read_image(moving, len(size)), nifti.read_image(fixed, len(size))
     label = nifti.read_label(moving_label, len(size), like=m).data if moving_label else None
     pair = preprocess.resized_pair(m, f, label, None, size)
+    moving_shape = tuple(m.data.shape)
     if m.data.shape != f.data.shape:  # carry the moving image (and label) onto the fixed grid's shape
         m = dataclasses.replace(m, data=preprocess.resize(m.data, f.data.shape, order=1))
         label = None if label is None else preprocess.resize(label, f.data.shape, order=0)
-    return Inputs(m, f, label, _as_pair_set([pair], size))
+    return Inputs(m, f, label, _as_pair_set([pair], size), moving_shape=moving_shape)
 
 
 def to_fixed_grid(inputs: Inputs, pred: dict) -> dict:
@@ -188,7 +202,18 @@ def register(config, workdir: str, moving: str, fixed: str, out: str, moving_lab
         shape = fixed_vol.data.shape
         window = tuple(slice(max(0, start), min(n, start + size))
                        for start, size, n in zip(inputs.crop_start, config.data.image_size, shape[:2]))
-    paths = write_outputs(out, fixed_vol, full, moving_data, window)
+    scales = (np.ones(2) if inputs.crop_start is not None
+              else preprocess.scale_factors(config.data.image_size, inputs.fixed.data.shape))
+    if "sigma_z" in full:
+        sigma_mm, why = sigma_z_in_mm(full["sigma_z"], fixed_vol, scales)
+        if sigma_mm is not None:
+            full["sigma_z_mm"] = sigma_mm
+        else:
+            print(f"sigma_z_mm.nii.gz not written: {why}")
+    itk, why = itk_warp(inputs, fixed_vol, full["displacement"])
+    if itk is None:
+        print(f"itk_warp.nii.gz not written: {why}")
+    paths = write_outputs(out, fixed_vol, full, moving_data, window, itk_warp=itk)
     if fixed_label is not None:
         if "warped_label" not in full:
             raise ValueError("--fixed_label needs --moving_label (the label that is warped)")
@@ -198,6 +223,42 @@ def register(config, workdir: str, moving: str, fixed: str, out: str, moving_lab
             reference = reference[..., 0]
         paths["label_metrics"] = write_label_metrics(out, full["warped_label"], reference, fixed_vol.spacing)
     return paths
+
+
+def sigma_z_in_mm(sigma_z: np.ndarray, fixed: nifti.Volume, scales) -> tuple[np.ndarray | None, str]:
+    """σ_z (voxels of the fixed grid, :func:`to_fixed_grid`) in mm, ``(map, "")``, where the
+    network grid's voxels are isotropic within 1% along the displacement axes (``scales``: fixed
+    voxels per network voxel along each of them; the network's voxel size along axis k is the fixed
+    voxel size times ``scales[k]``); else ``(None, why)``."""
+    scales = np.asarray(scales, np.float64)
+    fixed_mm = np.linalg.norm(nifti.mm_affine(fixed)[:3, :len(scales)], axis=0)
+    net_mm = fixed_mm * scales
+    if net_mm.max() > 1.01 * net_mm.min():
+        sizes = " x ".join(f"{h:.3g}" for h in net_mm)
+        return None, f"the network grid's voxels are anisotropic ({sizes} mm), so σ_z has no single size in mm"
+    rms = float(np.sqrt(np.mean(np.square(scales))))  # to_fixed_grid's voxels -> network voxels
+    return (sigma_z / rms * float(net_mm.mean())).astype(np.float32), ""
+
+
+def itk_warp(inputs: Inputs, fixed: nifti.Volume, displacement: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """``displacement`` (the output's, voxels of the fixed grid) as ITK/ANTs vectors for
+    ``itk_warp.nii.gz`` (module docstring): ``([*S, 3] or [X, Y, 2], "")``, or ``(None, why)``
+    for 2D images / one-slice stacks whose plane is not the scanner's x-y plane."""
+    fixed_mm, moving_mm = nifti.mm_affine(fixed), nifti.mm_affine(inputs.moving)
+    scale = None
+    if inputs.moving_shape is not None and inputs.moving_shape != tuple(inputs.fixed.data.shape):
+        scale = preprocess.scale_factors(inputs.fixed.data.shape, inputs.moving_shape)
+    u = displacement
+    flat = u.ndim == 3 or u.shape[2] == 1  # a 2D image or a one-slice stack: ITK reads a 2D field
+    if flat:
+        u = u[..., :2] if u.ndim == 3 else u[:, :, 0, :2]
+        scale = None if scale is None else scale[:2]
+        for name, affine in (("fixed", fixed_mm), ("moving", moving_mm)):
+            if np.abs(affine[2, :2]).max() > 1e-6 * np.abs(affine[:3, :2]).max():
+                return None, (f"the {name} image's slice is not in the scanner's x-y plane, which ITK's "
+                              "2D geometry cannot hold")
+    vectors = nifti.itk_displacement(u, fixed_mm, moving_mm, scale)
+    return (vectors[..., :2] if flat else vectors), ""
 
 
 def label_metrics(warped: np.ndarray, reference: np.ndarray, spacing) -> dict:
@@ -235,8 +296,9 @@ def write_label_metrics(out: str, warped: np.ndarray, reference: np.ndarray, spa
 
 
 def write_outputs(out: str, fixed: nifti.Volume, full: dict, moving_on_grid: np.ndarray,
-                  window: tuple[slice, slice] | None = None) -> dict:
-    """Write the NIfTI files and ``overview.png`` on ``fixed``'s geometry."""
+                  window: tuple[slice, slice] | None = None, itk_warp: np.ndarray | None = None) -> dict:
+    """Write the NIfTI files and ``overview.png`` on ``fixed``'s geometry (``itk_warp``: the
+    vectors of ``itk_warp.nii.gz``, :func:`itk_warp`)."""
     from hetreg_jax import workdir as workdir_lib
 
     workdir_lib.ensure_directory(out, "--out")
@@ -244,11 +306,13 @@ def write_outputs(out: str, fixed: nifti.Volume, full: dict, moving_on_grid: np.
     paths = {"displacement": nifti.write_vector(os.path.join(out, "displacement.nii.gz"),
                                                 full["displacement"], name="displacement", **geometry)}
     names = {"warped": "warped", "log_var": "log_variance", "weight": "weight", "warped_label": "warped_label",
-             "sigma_z": "displacement_sigma"}
+             "sigma_z": "displacement_sigma", "sigma_z_mm": "sigma_z_mm"}
     for key, name in names.items():
         if key in full:
             paths[key] = nifti.write(os.path.join(out, f"{name}.nii.gz"), full[key],
                                      file_shape=fixed.file_shape, **geometry)
+    if itk_warp is not None:
+        paths["itk_warp"] = nifti.write_itk_warp(os.path.join(out, "itk_warp.nii.gz"), itk_warp, **geometry)
     paths["overview"] = overview(os.path.join(out, "overview.png"), moving_on_grid, fixed.data, full, window)
     magnitude = np.linalg.norm(full["displacement"], axis=-1)
     print(f"registered: |u| mean {magnitude.mean():.3f}, max {magnitude.max():.3f} voxels of the fixed grid; "

@@ -13,6 +13,15 @@ Reading (``read_image``, ``read_label``):
 Writing (``write``, ``write_vector``): outputs copy the reference header (so qform/sform codes and
 the affine survive); a vector field ``[*S, D]`` is stored the NIfTI way, ``[X, Y, Z, 1, D]``
 (spatial axes padded to three, the vector on the 5th axis) with intent ``VECTOR``.
+
+ITK/ANTs displacement fields (``itk_displacement``, ``write_itk_warp``): ITK's
+``DisplacementFieldTransform`` maps a physical point ``p`` of the fixed (output) space to
+``p + d(p)`` in the moving (input) space, so resampling the moving image through it gives
+``warped(p) = moving(p + d(p))``. ITK's physical space is LPS (NIfTI's affine is RAS: x and y
+negate), the vectors are in mm, and a displacement field file is ``[X, Y, Z, 1, C]`` float32 with
+intent code 1007 (``VECTOR``), C = the image dimension (ITK reads ``[X, Y, 1, 1, 2]`` as a 2D field,
+and any file whose Z is 1 as 2D). ITK cannot represent sheared affines (direction cosines must be
+orthonormal).
 """
 
 from __future__ import annotations
@@ -168,6 +177,58 @@ def write_vector(path, field: np.ndarray, affine: np.ndarray, header=None, name:
     header.set_intent("vector", (), name=name[:15])
     img = nib.Nifti1Image(field.reshape(padded), affine, header)
     _set_codes(img, header)
+    nib.save(img, os.fspath(path))
+    return os.fspath(path)
+
+
+def itk_displacement(displacement: np.ndarray, fixed_affine: np.ndarray, moving_affine: np.ndarray | None = None,
+                     moving_scale=None) -> np.ndarray:
+    """The voxel displacement ``u [*S, D]`` of ``warped(x) = moving(x + u(x))`` (voxels of the
+    fixed grid, component k along array axis k, D = len(S) <= 3) as ITK displacement vectors
+    ``[*S, 3]`` in LPS mm: ``d(x) = M(s * (x + u(x))) - F(x)``, with ``F``/``M`` the fixed/moving
+    voxel -> LPS maps (the RAS affines with x and y negated; missing axes at index 0) and ``s``
+    (``moving_scale``, default 1) the moving image's voxels per fixed voxel along each axis (aligned
+    corners, when the moving image was resized onto the fixed shape). ``moving_affine`` defaults to
+    the fixed one."""
+    u = np.asarray(displacement, np.float64)
+    spatial, dim = u.shape[:-1], u.shape[-1]
+    if dim != len(spatial) or not 1 <= dim <= 3:
+        raise ValueError(f"a displacement field [*S, len(S)] with 1 to 3 spatial axes, got shape {u.shape}")
+    fixed_affine = np.asarray(fixed_affine, np.float64)
+    moving_affine = fixed_affine if moving_affine is None else np.asarray(moving_affine, np.float64)
+    index = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float64) for n in spatial), indexing="ij"), axis=-1)
+    target = (index + u) * (1.0 if moving_scale is None else np.asarray(moving_scale, np.float64))
+    pad = [(0, 0)] * len(spatial) + [(0, 3 - dim)]
+    index, target = np.pad(index, pad), np.pad(target, pad)
+    ras = (target @ moving_affine[:3, :3].T + moving_affine[:3, 3]) - (index @ fixed_affine[:3, :3].T + fixed_affine[:3, 3])
+    return ras * np.array([-1.0, -1.0, 1.0])
+
+
+_MM_PER_UNIT = {"meter": 1000.0, "micron": 0.001}
+
+
+def mm_affine(volume: Volume) -> np.ndarray:
+    """``volume``'s affine in mm: ITK converts a file's spatial unit (``xyzt_units``: metres,
+    microns) to mm when it reads it, nibabel does not; mm and "unknown" are taken as mm."""
+    unit = volume.header.get_xyzt_units()[0]
+    return np.diag([_MM_PER_UNIT.get(unit, 1.0)] * 3 + [1.0]) @ np.asarray(volume.affine, np.float64)
+
+
+def write_itk_warp(path, vectors: np.ndarray, affine: np.ndarray, header=None) -> str:
+    """Write LPS-mm displacement vectors ``[*S, C]`` (:func:`itk_displacement` of the
+    :func:`mm_affine` s, C = 2 for a 2D field, else 3) as an ITK/ANTs displacement field
+    ``[X, Y, Z, 1, C]`` float32, intent 1007, with the reference's spatial unit and ``affine``
+    (in that unit, as in the reference file) as both sform and qform (ITK reads one, nibabel the other: they must agree;
+    the codes are the reference's sform code, else its qform code, else 1 = scanner)."""
+    vectors = np.asarray(vectors, np.float32)
+    spatial = vectors.shape[:-1]
+    padded = spatial + (1,) * (3 - len(spatial)) + (1, vectors.shape[-1])
+    header = _header_for(header, np.float32)
+    header.set_intent("vector", (), name="itk_warp")
+    img = nib.Nifti1Image(vectors.reshape(padded), affine, header)
+    code = int(header["sform_code"]) or int(header["qform_code"]) or 1
+    img.set_qform(img.affine, code=code)
+    img.set_sform(img.affine, code=code)
     nib.save(img, os.fspath(path))
     return os.fspath(path)
 
