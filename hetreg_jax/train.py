@@ -125,7 +125,7 @@ def _prepare(config, mesh) -> tuple[dict, Trainer, Any]:
     """Everything that can fail without touching the workdir: config, data, networks, batch split.
 
     Returns the splits, the trainer and the abstract state; tracing the networks' initialisation
-    (``abstract_state``) surfaces image sizes they cannot take (VoxelMorph: multiples of 16).
+    (``abstract_state``) surfaces network settings they cannot take (any image size is padded).
     """
     from hetreg_jax.data import pipeline
 

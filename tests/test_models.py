@@ -165,12 +165,16 @@ def test_non_diffeomorphic_head_is_the_displacement(vxm_params_2d):
     np.testing.assert_allclose(out["displacement"], jnp.broadcast_to(c, (1, 32, 32, 2)), atol=1e-7)
 
 
-def test_indivisible_size_raises_clear_error():
+def test_indivisible_size_is_padded_by_the_networks_not_the_unet():
+    """The bare U-Net still needs multiples of 16; VoxelMorph and the variance net pad to them
+    (tests/test_any_size.py)."""
     moving, fixed = _images(KEY, 1, (100, 100))
-    with pytest.raises(ValueError, match=r"\(100, 100\).*divisible by 16"):
-        jax.eval_shape(lambda: init_params(VoxelMorph(), KEY, (100, 100)))
     with pytest.raises(ValueError, match="divisible by 16"):
         jax.eval_shape(lambda: UNet().init(KEY, moving))
+    for model in (VoxelMorph(), VarianceUNet()):
+        out = jax.eval_shape(lambda m=model: m.init_with_output(KEY, moving, fixed))[0]
+        out = out["displacement"] if isinstance(out, dict) else out
+        assert out.shape[1:3] == (100, 100)
 
 
 def test_decoder_shorter_than_encoder_raises():

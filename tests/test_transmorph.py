@@ -264,8 +264,7 @@ def test_jitted_gradients_are_finite_for_every_parameter(tiny_2d):
 
 # ----------------------------------------------------------------------------- validation
 @pytest.mark.parametrize("size,config,match", [
-    ((100, 128), transmorph_config(2, (128, 128)), "not divisible by patch_size"),
-    ((16, 16), transmorph_config(2, (128, 128)), "too small"),
+    ((0, 128), transmorph_config(2, (128, 128)), "must be positive"),
     ((64, 64, 64), transmorph_config(2, (128, 128)), "window_size"),
     ((128, 128), {**transmorph_config(2, (128, 128)), "patch_size": 2}, "patch_size must be 4"),
     ((128, 128), {**transmorph_config(2, (128, 128)), "num_heads": (4, 4, 7, 8)}, "heads"),
@@ -275,9 +274,12 @@ def test_validate_input_raises(size, config, match):
         validate_input(size, config)
 
 
-def test_module_and_config_reject_bad_sizes():
-    with pytest.raises(ValueError, match="image_size"):
-        transmorph_config(3, (64, 64, 48))
+def test_module_and_config_take_any_size():
+    """Sizes that are not multiples of 32 are padded inside the network (tests/test_any_size.py)."""
+    with pytest.raises(ValueError, match="match image_size"):
+        transmorph_config(3, (64, 64))
+    validate_input((100, 128), transmorph_config(2, (128, 128)))
+    validate_input((16, 16), transmorph_config(2, (128, 128)))  # smaller than one 1/32 token: padded to 32
     x = jax.ShapeDtypeStruct((1, 96, 100, 1), jnp.float32)
-    with pytest.raises(ValueError, match=r"image_size \(96, 100\)"):
-        jax.eval_shape(TransMorph().init, jax.random.key(0), x, x)
+    out = jax.eval_shape(TransMorph().init_with_output, jax.random.key(0), x, x)[0]
+    assert out.shape == (1, 96, 100, 2)

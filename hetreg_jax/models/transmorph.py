@@ -18,8 +18,10 @@ Structure (the reference's, with ``E = embed_dim`` and ``L = len(depths)`` stage
   stage ``L-2``, …, stage 0, ``f4``, ``f5``.
 * Flow head: 3×3 conv to ``ndim`` channels, weights N(0, 1e-5²), bias 0.
 
-Sizes: every spatial size must be a multiple of ``patch_size · 2**(L-1)`` (32 for the paper's
-configuration); see :func:`validate_input`.
+Sizes: any. The network runs on a grid whose sizes are multiples of ``patch_size · 2**(L-1)`` (32
+for the paper's configuration, :func:`size_multiple`): the images are zero-padded at the high end of
+each axis up to it and the displacement (and ``log_var_z``) cropped back to ``S``
+(:mod:`~hetreg_jax.models.padding`; no padding op for sizes that already are multiples).
 
 Precision and memory: ``dtype`` (e.g. ``jnp.bfloat16``) is the compute dtype of the encoder, the skips
 and the decoder (convolutions, Dense layers, attention, norms); the heads run in float32 on the
@@ -35,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hetreg_jax.models import padding
 from hetreg_jax.models.swin import SwinEncoder, torch_default_init
 from hetreg_jax.models.voxelmorph import SIGMA_Z_INIT_LOG_VAR
 
@@ -69,8 +72,7 @@ def validate_input(image_size: Sequence[int], config: Mapping[str, Any]) -> None
     """Raise ``ValueError`` unless ``image_size`` (spatial shape, 2 or 3 entries) suits ``config``.
 
     ``config`` needs ``patch_size`` and ``depths``; ``window_size``, ``embed_dim`` and ``num_heads`` are
-    checked when present. Every size must be a positive multiple of ``patch_size · 2**(len(depths)-1)``
-    (so the last stage has at least one token and the decoder's ×2 upsamplings land on the skips);
+    checked when present. Any positive size is taken (the network pads to :func:`size_multiple`);
     ``patch_size`` must be 4 (the two convolutional skips sit at 1/2 and full resolution).
     """
     size = tuple(int(s) for s in image_size)
@@ -89,13 +91,14 @@ def validate_input(image_size: Sequence[int], config: Mapping[str, Any]) -> None
         for i, h in enumerate(heads):
             if (config["embed_dim"] * 2**i) % h:
                 raise ValueError(f"stage {i}: {config['embed_dim'] * 2**i} channels not divisible by {h} heads")
-    factor = patch * 2 ** (len(depths) - 1)
-    if any(s < factor for s in size):
-        raise ValueError(f"image_size {size} too small: each size must be >= patch_size * 2**(stages-1) = "
-                         f"{patch} * 2**{len(depths) - 1} = {factor}")
-    if any(s % factor for s in size):
-        raise ValueError(f"image_size {size} not divisible by patch_size * 2**(stages-1) = "
-                         f"{patch} * 2**{len(depths) - 1} = {factor}")
+    if any(s < 1 for s in size):
+        raise ValueError(f"image_size {size} must be positive on every axis")
+
+
+def size_multiple(patch_size: int, depths: Sequence[int]) -> int:
+    """``patch_size · 2**(len(depths)-1)``: the padded grid's sizes are multiples of it (so the last
+    stage has at least one token and the decoder's ×2 upsamplings land on the skips)."""
+    return int(patch_size) * 2 ** (len(depths) - 1)
 
 
 def avg_pool_3s2(x: jax.Array) -> jax.Array:
@@ -164,11 +167,12 @@ class TransMorph(nn.Module):
     def __call__(self, moving: jax.Array, fixed: jax.Array, train: bool = False) -> jax.Array:
         if moving.shape[:-1] != fixed.shape[:-1]:
             raise ValueError(f"moving {moving.shape} and fixed {fixed.shape} differ in batch/spatial shape")
-        x = jnp.concatenate([moving, fixed], axis=-1)
-        spatial = x.shape[1:-1]
-        nd = len(spatial)
-        validate_input(spatial, dict(patch_size=self.patch_size, depths=self.depths, window_size=self.window_size,
-                                     num_heads=self.num_heads, embed_dim=self.embed_dim))
+        size = moving.shape[1:-1]
+        validate_input(size, dict(patch_size=self.patch_size, depths=self.depths, window_size=self.window_size,
+                                  num_heads=self.num_heads, embed_dim=self.embed_dim))
+        x = padding.pad_end(jnp.concatenate([moving, fixed], axis=-1),
+                            padding.padding(size, size_multiple(self.patch_size, self.depths)))
+        nd = len(size)
         window = (self.window_size,) * nd if isinstance(self.window_size, int) else tuple(self.window_size)
         feats = SwinEncoder(self.patch_size, self.embed_dim, tuple(self.depths), tuple(self.num_heads), window,
                             self.mlp_ratio, self.qkv_bias, self.drop_path_rate, dtype=self.dtype,
@@ -186,8 +190,9 @@ class TransMorph(nn.Module):
         flow = nn.Conv(nd, (3,) * nd, padding=1, kernel_init=nn.initializers.normal(FLOW_INIT_STD),
                        bias_init=nn.initializers.zeros, name="reg_head")(y)
         if not self.predict_sigma:
-            return flow
+            return padding.crop(flow, size)
         # log σ_z² of an isotropic Gaussian on the displacement (paper, Section 5.3): σ_z starts at 0.1 voxel
         log_var_z = nn.Conv(1, (3,) * nd, padding=1, kernel_init=nn.initializers.normal(FLOW_INIT_STD),
                             bias_init=nn.initializers.constant(SIGMA_Z_INIT_LOG_VAR), name="log_sigma_z")(y)
-        return {"displacement": flow, "velocity": flow, "log_var_z": log_var_z}
+        flow = padding.crop(flow, size)
+        return {"displacement": flow, "velocity": flow, "log_var_z": padding.crop(log_var_z, size)}

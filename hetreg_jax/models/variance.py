@@ -10,6 +10,10 @@ initialisation the output is therefore O(0.1), i.e. σ² ≈ 1, not exactly zero
 
 ``dtype`` / ``remat`` are passed to the U-Net (compute dtype, per-level rematerialisation); the
 ``log_var`` head always runs in float32 on the U-Net features cast to float32, so log σ² is float32.
+
+Any size: the inputs are zero-padded at the high end of each axis up to a multiple of
+``2**len(enc_features)`` and log σ² is cropped back to ``S`` (:mod:`~hetreg_jax.models.padding`;
+no padding op for sizes that already are multiples).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hetreg_jax.models import padding
 from hetreg_jax.models.unet import DEC_FEATURES, ENC_FEATURES, UNet, conv_layer
 
 
@@ -36,6 +41,8 @@ class VarianceUNet(nn.Module):
         if warped.shape != fixed.shape:
             raise ValueError(f"warped {warped.shape} and fixed {fixed.shape} must have one shape")
         ndim = warped.ndim - 2
+        size = warped.shape[1:-1]
+        pad = padding.padding(size, 2 ** len(self.enc_features))
         features = UNet(self.enc_features, self.dec_features, self.dtype, self.remat, name="unet")(
-            jnp.concatenate([warped, fixed], axis=-1)).astype(jnp.float32)
-        return conv_layer(1, ndim, features.shape[-1], name="log_var")(features)
+            padding.pad_end(jnp.concatenate([warped, fixed], axis=-1), pad)).astype(jnp.float32)
+        return padding.crop(conv_layer(1, ndim, features.shape[-1], name="log_var")(features), size)

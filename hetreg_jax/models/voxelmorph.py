@@ -4,6 +4,13 @@ Conventions: ``moving`` is the ED image, ``fixed`` the ES image, each ``[B, *S, 
 ``displacement`` ``[B, *S, ndim]`` is in voxels, channel ``k`` moves along spatial axis ``k``, and
 ``spatial.warp(moving, displacement)`` carries the moving image onto the fixed grid.
 
+Any size (:mod:`~hetreg_jax.models.padding`): the images are zero-padded at the high end of each
+axis up to a multiple of ``size_multiple()`` (``2**len(enc_features)``, and ``int_downsize`` when
+diffeomorphic); ``displacement``, ``inverse_displacement`` and ``log_var_z`` are cropped back to
+``S``, and so is ``velocity`` when it is the displacement (``int_steps == 0``). The diffeomorphic
+``velocity`` (``/int_downsize``) stays on the padded grid: the regulariser sees the padded margin too. The probabilistic model (vxm-diff) refuses sizes that need
+padding: its velocity noise is drawn by the caller on the unpadded velocity grid.
+
 Diffeomorphic mode (``int_steps > 0``, the reference default): the flow head's full-resolution
 output is resized by ``1/int_downsize`` (linear, aligned corners, vectors scaled by
 ``1/int_downsize``) into the stationary ``velocity``; scaling and squaring in ``int_steps`` steps at
@@ -27,6 +34,7 @@ Uncertainty heads (optional, each a ``3**ndim`` conv on the U-Net features besid
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -34,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from hetreg_jax import spatial
+from hetreg_jax.models import padding
 from hetreg_jax.models.unet import DEC_FEATURES, ENC_FEATURES, UNet, conv_layer
 
 FLOW_INIT_STDDEV = 1e-5
@@ -60,6 +69,11 @@ class VoxelMorph(nn.Module):
     predict_sigma: bool = False   # + log σ_z² head on the displacement (one channel)
     probabilistic: bool = False   # vxm-diff: + log σ_v² head on the velocity (ndim channels)
 
+    def size_multiple(self) -> int:
+        """Every padded spatial size is a multiple of this (see the module docstring)."""
+        pools = 2 ** len(self.enc_features)
+        return math.lcm(pools, self.int_downsize) if self.int_steps > 0 and self.int_downsize >= 1 else pools
+
     def _flow_head(self, features: jax.Array, ndim: int) -> jax.Array:
         return conv_layer(ndim, ndim, features.shape[-1], name="flow",
                           kernel_init=nn.initializers.normal(FLOW_INIT_STDDEV),
@@ -85,6 +99,19 @@ class VoxelMorph(nn.Module):
         if self.int_downsize < 1:
             raise ValueError(f"int_downsize must be >= 1, got {self.int_downsize}")
         ndim = moving.ndim - 2
+        size = moving.shape[1:-1]
+        pad = padding.padding(size, self.size_multiple())
+        if any(pad) and self.probabilistic:
+            raise ValueError(f"spatial shape {tuple(size)} must be divisible by {self.size_multiple()} for the "
+                             "probabilistic (vxm-diff) model (its velocity noise is drawn on the unpadded grid)")
+        out = self._padded_call(padding.pad_end(moving, pad), padding.pad_end(fixed, pad), ndim, velocity_noise)
+        cropped = ("displacement", "inverse_displacement", "log_var_z") + (("velocity",) if self.int_steps == 0 else ())
+        for key in cropped:
+            if key in out:
+                out[key] = padding.crop(out[key], size)
+        return out
+
+    def _padded_call(self, moving, fixed, ndim, velocity_noise):
         unet = UNet(self.enc_features, self.dec_features, self.dtype, self.remat, name="unet")
         # The heads, the integration and everything downstream run in float32 (see ``dtype``).
         features = unet(jnp.concatenate([moving, fixed], axis=-1)).astype(jnp.float32)
