@@ -157,6 +157,11 @@ def validate_config(config) -> None:
     if not isinstance(size, (tuple, list)) or len(size) not in (2, 3) or \
             not all(_is_int(n) and n >= 1 for n in size):
         raise _refuse("data.image_size", size, "2 or 3 whole numbers >= 1, e.g. (128, 128) or (64, 64, 64)")
+    if config.method == "vxm_diff":  # any other network pads its input (hetreg_jax/models/padding.py)
+        multiple = math.lcm(2 ** len(config.motion.enc_features), config.motion.int_downsize)
+        if any(n % multiple for n in size):
+            raise _refuse("data.image_size", tuple(size), f"multiples of {multiple} with method='vxm_diff' (its "
+                          "velocity noise is drawn on the unpadded grid; the other methods take any size)")
     _check_int(config, "data.synthetic_subjects", 3)
     _check_number(config, "data.noise_scale", 0.0, note="multiplies the phantoms' noise std; 0 = noise-free")
     root = config.data.root
