@@ -7,7 +7,9 @@
     model.register_nifti("ed.nii.gz", "es.nii.gz", "out/", moving_label="ed_gt.nii.gz")
 
 ``register`` takes images of ``config.data.image_size``, one pair (``[*size]`` or ``[*size, 1]``)
-or a batch (``[B, *size]`` or ``[B, *size, 1]``), intensities normalised as in training ([0, 1]);
+or a batch (``[B, *size]`` or ``[B, *size, 1]``), intensities normalised as in training: each
+image min-max scaled to [0, 1] (``hetreg_jax.data.preprocess.normalise``; an image with a value
+outside [0, 1] or a NaN is refused in one line);
 the outputs follow the input (no batch axis for one pair): ``displacement`` ``[..., *size, ndim]`` in
 voxels (``warped(x) = moving(x + u(x))``, component k along axis k), ``warped`` ``[..., *size]``,
 and for methods with a variance net ``log_var`` (log sigma^2 of the fixed image's noise) and, for
@@ -24,6 +26,8 @@ import jax
 import numpy as np
 
 from hetreg_jax import sharding
+
+RANGE_TOLERANCE = 1e-4  # float rounding of a [0, 1] normalisation
 
 
 class Model:
@@ -62,10 +66,23 @@ class Model:
         raise ValueError(f"{name} has shape {np.shape(image)}; this model takes {size} images (one pair) or "
                          f"[B, {', '.join(map(str, size))}] batches (an optional last axis of 1)")
 
+    @staticmethod
+    def _check_range(name: str, array: np.ndarray) -> None:
+        """Refuse non-finite values and intensities outside [0, 1] (training's normalisation)."""
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise ValueError(f"{name} has {int(array.size - finite.sum())} non-finite values (NaN or inf)")
+        lo, hi = float(array.min()), float(array.max())
+        if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+            raise ValueError(f"{name} has intensities in [{lo:g}, {hi:g}]; this model takes images normalised as "
+                             "in training: each image min-max scaled to [0, 1] (hetreg_jax.data.preprocess.normalise)")
+
     def register(self, moving, fixed) -> dict[str, np.ndarray]:
         """Register ``moving`` to ``fixed`` (see the module docstring for shapes and outputs)."""
         moving, batched = self._as_batch("moving", moving)
         fixed, fixed_batched = self._as_batch("fixed", fixed)
+        for name, array in (("moving", moving), ("fixed", fixed)):
+            self._check_range(name, array)
         if moving.shape != fixed.shape or batched != fixed_batched:
             raise ValueError(f"moving {moving.shape[:-1]} and fixed {fixed.shape[:-1]} differ")
         n, n_dev = len(moving), self.trainer.mesh.devices.size

@@ -32,10 +32,9 @@ TRUTH_COLOUR, WARPED_COLOUR = "yellow", "red"
 
 
 def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+    """pyplot's names on Agg figures pyplot does not know of (notebook-safe, ``hetreg_jax.plotting``)."""
+    from hetreg_jax import plotting
+    return plotting
 
 
 def _test_pairs(run, base, profile) -> dict:

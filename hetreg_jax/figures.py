@@ -1,4 +1,5 @@
-"""Figures a run writes: training curves and example registrations (matplotlib, Agg backend).
+"""Figures a run writes: training curves and example registrations (matplotlib Agg figures of
+``hetreg_jax.plotting``: no pyplot, no ``matplotlib.use``, so a notebook's backend stays as it is).
 
 - ``eval/curves.png``: motion loss, similarity, smoothness and variance loss against the step
   (from ``metrics.jsonl``), and the validation Dice when it was measured.
@@ -21,10 +22,9 @@ CROP_MARGIN = 6  # voxels around the union of the myocardium masks
 
 
 def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+    """pyplot's names on Agg figures pyplot does not know of (notebook-safe, ``hetreg_jax.plotting``)."""
+    from hetreg_jax import plotting
+    return plotting
 
 
 def training_curves(metrics_path: str, path: str) -> str | None:

@@ -325,9 +325,7 @@ def overview(path: str, moving: np.ndarray, fixed: np.ndarray, full: dict,
     """A 2 x 4 grid: moving, fixed, warped (with the warped label's contours when there is one),
     |fixed - warped|; |u|, log variance, weight. ``window``: the in-plane region shown (the network's
     crop for ACDC-style data). 3D: the middle slice of the last axis, named in the title."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from hetreg_jax import plotting as plt  # Agg figures without pyplot: notebook-safe
 
     depth = fixed.shape[-1] if fixed.ndim == 3 else None
     box = window or (slice(None), slice(None))

@@ -43,9 +43,13 @@ class MetricWriter:
                 self._tb.add_scalar(k, v, int(step))
 
     def figure(self, step: int, tag: str, fig) -> None:
-        """A matplotlib figure as a TensorBoard image (closed afterwards); nothing without TensorBoard."""
+        """A matplotlib figure as a TensorBoard image (rendered by its own Agg canvas, then cleared:
+        no pyplot); nothing without TensorBoard."""
         if self._tb is not None and fig is not None:
-            self._tb.add_figure(tag, fig, int(step), close=True)
+            from hetreg_jax import plotting
+
+            self._tb.add_image(tag, plotting.rgb(fig), int(step), dataformats="HWC")
+            plotting.close(fig)
 
     def close(self) -> None:
         if self._jsonl is not None:

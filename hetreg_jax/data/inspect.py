@@ -86,9 +86,7 @@ def montage(splits: dict, path: str, count: int = MONTAGE_PAIRS) -> bool:
     ids = sum((splits[name]["pair_id"] for name in pipeline.SPLITS), [])
     if not ids:
         return False
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from hetreg_jax import plotting as plt  # Agg figures without pyplot: notebook-safe
 
     picks = np.unique(np.linspace(0, len(ids) - 1, min(count, len(ids))).round().astype(int))
     arrays = {k: _concat(splits, k) for k in ("moving", "fixed", "moving_label", "fixed_label")}
