@@ -92,7 +92,7 @@ REFUSALS = {
     "negative steps": (FRESH, ["--config.num_steps=-5"], 1, ["config.num_steps=-5 is not allowed"]),
     "eval without checkpoint": (FRESH, ["--mode=eval"], 1, ["no checkpoint in", "train first"]),
     "size vxm_diff cannot take": (FRESH, ["--config.method=vxm_diff", "--config.data.image_size=(42,36)"], 1,
-                                  ["config.data.image_size=(42, 36) is not allowed", "multiples of 4 with method='vxm_diff'"]),
+                                  ["config.data.image_size=(42, 36) is not allowed", "multiples of 16 with method='vxm_diff'"]),
     "eval with another model": ("trained", ["--mode=eval", "--config.model=transmorph"], 1,
                                 ["model='voxelmorph'", "model='transmorph'", "uninterrupted/checkpoints/40"]),
     "resume with another method": ("trained", ["--config.method=mse", "--allow_config_change"], 1,
