@@ -24,13 +24,15 @@ from typing import Any, Iterable
 MODELS = ("voxelmorph", "transmorph")
 MOTION_SCHEDULES = ("auto", "constant", "poly")
 LABEL_RULES = ("threshold", "reference")
+EMPTY_PENALTIES = ("nan", "diagonal")
 DATA_PLACEMENTS = ("auto", "device", "host")
 CHUNK_FORMS = ("auto", "loop", "unrolled")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 REMAT_MODES = ("none", "blocks")
 POSITIVE_INTS = ("num_steps", "steps_per_epoch", "batch_size", "steps_per_call", "log_every", "checkpoint_every",
                  "keep_checkpoints", "eval.batch_size", "data.slices_per_subject")
-NON_NEGATIVE_INTS = ("seed", "eval_every", "warm_start_epochs", "motion.int_steps", "eval.val_pairs")
+NON_NEGATIVE_INTS = ("seed", "eval_every", "warm_start_epochs", "motion.int_steps", "eval.val_pairs",
+                     "data.folds", "data.fold")
 BOOLS = ("warm_start", "motion.bidirectional", "motion.predict_sigma", "loss.use_mask")
 
 
@@ -103,6 +105,11 @@ def validate_config(config) -> None:
     _check_choice(config, "loss.snr_form", losses.SNR_FORMS)
     _check_choice(config, "loss.minmax_scope", losses.MINMAX_SCOPES)
     _check_choice(config, "eval.label_rule", LABEL_RULES)
+    _check_choice(config, "eval.empty_penalty", EMPTY_PENALTIES)
+    if config.data.structures != "auto":
+        from hetreg_jax.evaluation import parse_structures
+
+        parse_structures(config.data.structures)
     _check_choice(config, "data.dataset", synthetic.KINDS)
     _check_choice(config, "data.on_device", DATA_PLACEMENTS)
     _check_choice(config, "steps_per_call_form", CHUNK_FORMS)
@@ -163,6 +170,12 @@ def validate_config(config) -> None:
             raise _refuse("data.image_size", tuple(size), f"multiples of {multiple} with method='vxm_diff' (its "
                           "velocity noise is drawn on the unpadded grid; the other methods take any size)")
     _check_int(config, "data.synthetic_subjects", 3)
+    folds = config.data.folds
+    if folds and folds < 3:
+        raise _refuse("data.folds", folds, "0 (the layout's own split) or a number of folds >= 3")
+    if config.data.fold and config.data.fold >= max(folds, 1):
+        raise _refuse("data.fold", config.data.fold,
+                      f"a fold in 0 .. data.folds - 1 = {folds - 1}" if folds else "0 unless data.folds is set")
     _check_number(config, "data.noise_scale", 0.0, note="multiplies the phantoms' noise std; 0 = noise-free")
     root = config.data.root
     if root is not None and (not isinstance(root, str) or not root.strip()):

@@ -74,12 +74,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.image_size = (128, 128)  # network input size (2D or 3D)
     c.data.synthetic_subjects = 40  # number of phantom subjects (split 60/20/20 by subject)
     c.data.slices_per_subject = 3   # short-axis slices per ACDC-like phantom subject
+    c.data.folds = 0                # k-fold cross-validation by subject (>= 3; 0 = the layout's own split)
+    c.data.fold = 0                 # with data.folds: the test fold (val = the next fold, train = the rest)
+    c.data.structures = "auto"      # scored label values, "name=label,..." ("auto": ACDC rv=1,myo=2,lv=3; CAMUS lv=1,myo=2,la=3)
     c.data.noise_scale = 1.0        # phantoms: multiplies the noise std (Rician sigma / speckle std); 0 = noise-free
     c.data.on_device = "auto"       # training images on the devices: "auto" (when they fit), "device", "host"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 8           # pairs per inference batch
     c.eval.label_rule = "threshold" # "threshold": linear-warped mask > 0.5; "reference": > 0 (authors)
+    c.eval.empty_penalty = "nan"    # surface metrics of an empty warped structure: "nan" (counted as n_nan) or "diagonal"
     c.eval.val_pairs = 32           # validation pairs used for the periodic Dice (0 = all)
     c.eval.sparsification_steps = 50  # fractions removed in the sparsification curve (AUSE)
 

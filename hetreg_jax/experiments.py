@@ -1,7 +1,7 @@
 """The paper's tables and figures in one command: every run it needs, trained in this process.
 
     python -m hetreg_jax.experiments --config=configs/acdc.py --table=1 --workdir=W \
-        [--profile=quick|paper] [--seeds=0,1,2] [--models=voxelmorph,transmorph] \
+        [--profile=quick|cpu|paper] [--seeds=0,1,2] [--folds=0,1] [--models=voxelmorph,transmorph] \
         [--methods=mse,ours] [--datasets=acdc,camus]
     --table=2 (paired t-tests of Table 1's runs), 3 (3D echo phantoms), 4 (gamma), noise (noise sweep),
     5 (displacement uncertainty: Vxm, Vxm-diff, ours with sigma_z, sigma_I or both)
@@ -17,9 +17,18 @@ calls (``--retry_failed`` tries again) and footnoted in the tables. The reports 
 ``fig2.png``, ``fig3.png``, ``noise.png``) are written by :mod:`hetreg_jax.experiment_report` at the
 end of every call from whatever runs are finished; ``--report_only`` only writes them.
 
-Profiles: ``paper`` = the ``--config`` file's own values (METHOD.md: 128², 30000 steps; for a GPU or
-TPU). ``quick`` (:data:`QUICK`) = 64² ACDC/CAMUS phantoms, 600 steps, both lrs 1e-3 (as
-configs/quick.py), TransMorph with embed_dim 48; echo3d 32³, 300 steps, batch 2.
+Profiles: ``paper`` = the ``--config`` file's own values (METHOD.md: 128², 30000 steps, lr 1e-4; for
+a GPU or TPU). ``quick`` (:data:`QUICK`) = 64² ACDC/CAMUS phantoms, 600 steps, both lrs 1e-3 (as
+configs/quick.py), TransMorph with embed_dim 48; echo3d 32³, 300 steps, batch 2. ``cpu``
+(:data:`CPU`) = real data on a laptop CPU: the config's image size (128² for ACDC: the heart does
+not fit 64²), 1200 steps, both lrs 1e-3, TransMorph with embed_dim 48. Explicit ``--config.KEY=V``
+overrides on the command line always win over the profile (the runner's own axes, method, model,
+seed, fold, γ and noise scale, excepted); each run records the config it used in its
+``config.json``.
+
+Cross-validation: with ``--config.data.folds=F`` every (method, seed) is run once per fold
+(``--folds=0,2`` picks some; default all), in ``.../seed0_fold2``, so that every subject is tested
+once per seed.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 
@@ -55,6 +65,15 @@ QUICK = {  # dotted key -> value, per kind of run
                "eval.batch_size": 2, "num_steps": 300, "log_every": 25, "eval_every": 100,
                "checkpoint_every": 100, "optim.motion_lr": 1e-3, "optim.variance_lr": 1e-3},
 }
+CPU = {  # real data on a 2-core CPU: ~10-25 min a run at 128² (the paper: 30000 steps at lr 1e-4)
+    "2d": {"num_steps": 1200, "log_every": 50, "eval_every": 400, "checkpoint_every": 400,
+           "optim.motion_lr": 1e-3, "optim.variance_lr": 1e-3},
+    "transmorph": {"transmorph.embed_dim": 48},
+    "echo3d": QUICK["echo3d"],
+}
+PROFILES = {"quick": QUICK, "cpu": CPU, "paper": None}
+# Keys the runner sets itself for each run (its axes): an override of these is not re-applied.
+RUN_KEYS = ("model", "method", "seed", "data.fold", "loss.gamma", "data.noise_scale", "motion.predict_sigma")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,12 +85,18 @@ class Run:
     gamma: float | None = None        # None = the config's loss.gamma
     noise_scale: float | None = None  # None = the config's data.noise_scale
     predict_sigma: bool = False       # motion.predict_sigma (Table 5's sigma_z rows)
+    fold: int | None = None           # cross-validation fold (data.folds > 0), else None
+
+    @property
+    def replicate(self) -> str:
+        """The last folder of the run: ``seed0``, or ``seed0_fold2`` in cross-validation."""
+        return f"seed{self.seed}" + (f"_fold{self.fold}" if self.fold is not None else "")
 
     def path(self, root: str) -> str:
         parts = [root] + ([f"noise{self.noise_scale:g}"] if self.noise_scale is not None else [])
         method = self.method + (f"_gamma{self.gamma:g}" if self.gamma is not None else "") + \
             ("_sigma_z" if self.predict_sigma else "")
-        parts += [self.dataset] + ([] if self.method in NO_TRAINING else [self.model]) + [method, f"seed{self.seed}"]
+        parts += [self.dataset] + ([] if self.method in NO_TRAINING else [self.model]) + [method, self.replicate]
         return os.path.join(*parts)
 
     @property
@@ -80,7 +105,8 @@ class Run:
                 (f" noise_scale={self.noise_scale:g}" if self.noise_scale is not None else "") + \
                 (" + sigma_z" if self.predict_sigma else "")
         who = self.method if self.method in NO_TRAINING else f"{self.model}/{self.method}"
-        return f"{self.dataset} {who} seed {self.seed}{extra}"
+        fold = f" fold {self.fold}" if self.fold is not None else ""
+        return f"{self.dataset} {who} seed {self.seed}{fold}{extra}"
 
 
 def set_key(config, key: str, value) -> None:
@@ -115,17 +141,62 @@ def base_for(base, dataset: str):
     return config
 
 
-def run_config(base, run: Run, profile: str):
-    """The config of one run: the dataset's base, the profile's settings, then the run's own keys."""
+def get_key(config, key: str):
+    target = config
+    for part in key.split("."):
+        target = target[part]
+    return target
+
+
+def explicit_overrides(argv, config) -> dict:
+    """``{dotted key: value}`` of every ``--config.KEY=V`` (or ``--config.KEY V``) in ``argv``, the
+    value as parsed into ``config``."""
+    keys = []
+    for arg in argv:
+        if arg.startswith("--config."):
+            keys.append(arg[len("--config."):].split("=", 1)[0])
+    return {key: copy.deepcopy(get_key(config, key)) for key in dict.fromkeys(keys)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """A profile's name (``PROFILES``) and the user's explicit ``--config.KEY=V`` overrides
+    (``{dotted key: value}``, :func:`explicit_overrides`), which win over the profile's settings.
+    Wherever a profile is expected its bare name does too (no overrides)."""
+    name: str
+    overrides: dict = dataclasses.field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def as_profile(profile) -> Profile:
+    profile = profile if isinstance(profile, Profile) else Profile(str(profile))
+    if profile.name not in PROFILES:
+        raise ValueError(f"--profile={profile.name!r}: one of {', '.join(PROFILES)}")
+    return profile
+
+
+def run_config(base, run: Run, profile):
+    """The config of one run: the dataset's base, the profile's settings, the user's explicit
+    overrides (a :class:`Profile`'s), then the run's own keys."""
+    profile = as_profile(profile)
+    overrides = profile.overrides
     config = base_for(base, run.dataset)
+    settings = PROFILES[profile.name]
     with config.unlocked():
-        if profile == "quick":
-            for key, value in QUICK["echo3d" if run.dataset == "echo3d" else "2d"].items():
+        if settings is not None:
+            for key, value in settings["echo3d" if run.dataset == "echo3d" else "2d"].items():
                 set_key(config, key, value)
             if run.model == "transmorph":
-                for key, value in QUICK["transmorph"].items():
+                for key, value in settings["transmorph"].items():
                     set_key(config, key, value)
+        for key, value in overrides.items():
+            if key not in RUN_KEYS:
+                set_key(config, key, copy.deepcopy(value))
         config.model, config.method, config.seed = run.model, run.method, int(run.seed)
+        if run.fold is not None:
+            config.data.fold = int(run.fold)
         if run.gamma is not None:
             config.loss.gamma = float(run.gamma)
         if run.noise_scale is not None:
@@ -141,15 +212,17 @@ def known_methods() -> set[str]:
     return set(methods.METHODS)
 
 
-def plan(table: str, seeds, models, methods, datasets, gammas=(), noise_scales=(), base_gamma=0.5):
-    """``(runs, skipped methods)`` for ``table``; methods not in ``methods.METHODS`` are left out."""
+def plan(table: str, seeds, models, methods, datasets, gammas=(), noise_scales=(), base_gamma=0.5, folds=()):
+    """``(runs, skipped methods)`` for ``table``; methods not in ``methods.METHODS`` are left out.
+    ``folds``: the cross-validation folds to run for every seed (empty: no cross-validation)."""
     known = known_methods()
     seeds = [int(s) for s in seeds]
+    replicates = [(seed, fold) for seed in seeds for fold in ([int(k) for k in folds] or [None])]
     wanted: list[tuple[str, str, str]] = []  # (dataset, model, method)
     extra: list[dict] = [{}]
     if table == "5":
         rows = [(m, p) for m, p in TABLE5_ROWS if not methods or m in methods]
-        runs = [Run(d, "voxelmorph", m, seed, predict_sigma=p) for seed in seeds
+        runs = [Run(d, "voxelmorph", m, seed, predict_sigma=p, fold=fold) for seed, fold in replicates
                 for d in (datasets or ("acdc", "camus")) for m, p in rows if m in known]
         return runs, list(dict.fromkeys(m for m, _ in rows if m not in known))
     if table in ("1", "2"):
@@ -169,13 +242,14 @@ def plan(table: str, seeds, models, methods, datasets, gammas=(), noise_scales=(
         raise ValueError(f"--table={table!r}: one of {', '.join(TABLES)}")
     runs, skipped, seen = [], [], set()
     for options in extra:
-        for seed in seeds:
+        for seed, fold in replicates:
             for dataset, model, method in wanted:
                 if method not in known:
                     if method not in skipped:
                         skipped.append(method)
                     continue
-                run = Run(dataset, "voxelmorph" if method in NO_TRAINING else model, method, seed, **options)
+                run = Run(dataset, "voxelmorph" if method in NO_TRAINING else model, method, seed, fold=fold,
+                          **options)
                 if run not in seen:
                     seen.add(run)
                     runs.append(run)
@@ -191,6 +265,16 @@ def is_finished(workdir: str, config) -> bool:
         return True
     with open(path, encoding="utf-8") as f:
         return json.load(f).get("checkpoint_step") == config.num_steps
+
+
+def stale_evaluation(workdir: str) -> bool:
+    """Whether the run's test reports were written by an older evaluation (``EVAL_VERSION``): its
+    final checkpoint is evaluated again (no training) to add what the newer one reports."""
+    from hetreg_jax import evaluation
+
+    path = os.path.join(workdir, "eval", "test_metrics.json")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("eval_version", 1) < evaluation.EVAL_VERSION
 
 
 def failure(workdir: str) -> str | None:
@@ -228,8 +312,10 @@ def eta(runs, todo, root: str) -> float | None:
     for run in todo:
         parent = os.path.dirname(run.path(root))
         for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else ():
-            if name.startswith("seed") and name[4:].isdigit():
-                other = dataclasses.replace(run, seed=int(name[4:]))
+            match = re.fullmatch(r"seed(\d+)(?:_fold(\d+))?", name)
+            if match:
+                fold = None if match.group(2) is None else int(match.group(2))
+                other = dataclasses.replace(run, seed=int(match.group(1)), fold=fold)
                 if other not in pool and os.path.isfile(os.path.join(other.path(root), "eval", "test_metrics.json")):
                     pool.append(other)
     groups: dict[tuple, list[float]] = {}
@@ -279,7 +365,7 @@ def execute(runs, base, root: str, profile: str, train_fn=None, retry_failed: bo
     for run in runs:
         config = run_config(base, run, profile)
         workdir = run.path(root)
-        if is_finished(workdir, config):
+        if is_finished(workdir, config) and not stale_evaluation(workdir):
             status[run] = "skipped"
         elif failure(workdir) and not retry_failed:
             status[run] = "failed"
@@ -289,7 +375,7 @@ def execute(runs, base, root: str, profile: str, train_fn=None, retry_failed: bo
     say(f"[experiments] {len(runs)} runs: {len(runs) - len(todo)} finished or failed, {len(todo)} to train")
     for i, (run, config) in enumerate(todo):
         workdir = run.path(root)
-        if is_finished(workdir, config):  # finished meanwhile by another process
+        if is_finished(workdir, config) and not stale_evaluation(workdir):  # finished meanwhile elsewhere
             status[run] = "skipped"
             continue
         left = eta(runs, {r for r, _ in todo[i:]}, root)
@@ -318,9 +404,21 @@ def execute(runs, base, root: str, profile: str, train_fn=None, retry_failed: bo
 
 
 def table_runs(table: str, base, args: dict):
+    """The runs of ``table``. On a dataset folder (``data.root``) only its own dataset is run by
+    default; with ``data.folds`` every seed runs the folds ``args["folds"]`` (default: all)."""
     gamma = float(base.loss.gamma)
-    return plan(table, args["seeds"], args["models"], args["methods"], args["datasets"],
-                args.get("gammas", ()), args.get("noise_scales", ()), base_gamma=gamma)
+    datasets = args["datasets"] or ([base.data.dataset] if base.data.root is not None else [])
+    folds = []
+    if base.data.folds:
+        folds = [int(k) for k in args.get("folds") or range(base.data.folds)]
+        bad = [k for k in folds if not 0 <= k < base.data.folds]
+        if bad:
+            raise ValueError(f"--folds={','.join(map(str, folds))}: folds run from 0 to "
+                             f"config.data.folds - 1 = {base.data.folds - 1}")
+    elif args.get("folds"):
+        raise ValueError("--folds needs --config.data.folds=F (F >= 3 cross-validation folds)")
+    return plan(table, args["seeds"], args["models"], args["methods"], datasets,
+                args.get("gammas", ()), args.get("noise_scales", ()), base_gamma=gamma, folds=folds)
 
 
 def _report(name: str):
@@ -341,15 +439,17 @@ TABLES = {
 }
 
 
-def run_table(table: str, base, root: str, profile: str = "quick", seeds=(0, 1, 2),
+def run_table(table: str, base, root: str, profile="quick", seeds=(0, 1, 2),
               models=("voxelmorph", "transmorph"), methods=(), datasets=(), gammas=(0, 0.25, 0.5, 0.75, 1),
               noise_scales=(0.5, 1, 2, 4), train_fn=None, report_only=False, retry_failed=False,
-              figures=True, say=print) -> list[str]:
-    """Train what ``table`` needs (unless ``report_only``), then write its reports; returns their paths."""
+              figures=True, say=print, folds=()) -> list[str]:
+    """Train what ``table`` needs (unless ``report_only``), then write its reports; returns their paths.
+    ``profile``: a name of ``PROFILES`` or a :class:`Profile` (with the user's overrides)."""
     if table not in TABLES:
         raise ValueError(f"--table={table!r}: one of {', '.join(TABLES)}")
+    profile = as_profile(profile)
     args = dict(seeds=list(seeds), models=list(models), methods=list(methods), datasets=list(datasets),
-                gammas=list(gammas), noise_scales=list(noise_scales), figures=figures)
+                gammas=list(gammas), noise_scales=list(noise_scales), figures=figures, folds=list(folds))
     make_runs, report = TABLES[table]
     runs, skipped = make_runs(table, base, args)
     for method in skipped:
@@ -374,14 +474,16 @@ def main(argv):
 
     batch_sizes = [base.batch_size, base.eval.batch_size]
     if FLAGS.table == "3" or "echo3d" in FLAGS.datasets:
-        batch_sizes += [QUICK["echo3d"]["batch_size"]] if FLAGS.profile == "quick" else \
+        batch_sizes += [QUICK["echo3d"]["batch_size"]] if FLAGS.profile in ("quick", "cpu") else \
             [load_config_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                            "configs", "echo3d.py")).batch_size]
     sharding.initialize(batch_sizes, FLAGS.cpu_devices)
     try:
-        run_table(FLAGS.table, base, os.path.abspath(FLAGS.workdir), FLAGS.profile, FLAGS.seeds, FLAGS.models,
+        profile = Profile(FLAGS.profile, explicit_overrides(sys.argv[1:], base))
+        run_table(FLAGS.table, base, os.path.abspath(FLAGS.workdir), profile, FLAGS.seeds, FLAGS.models,
                   FLAGS.methods, FLAGS.datasets, FLAGS.gammas, FLAGS.noise_scales,
-                  report_only=FLAGS.report_only, retry_failed=FLAGS.retry_failed, figures=FLAGS.figures)
+                  report_only=FLAGS.report_only, retry_failed=FLAGS.retry_failed, figures=FLAGS.figures,
+                  folds=FLAGS.folds)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -393,7 +495,10 @@ def define_flags() -> None:
                                     lock_config=True)
     flags.DEFINE_string("table", "1", "Which table: 1, 2, 3, 4, 5 or noise.")
     flags.DEFINE_string("workdir", None, "Folder of the runs and the reports.")
-    flags.DEFINE_enum("profile", "quick", ["quick", "paper"], "quick: CPU-sized runs; paper: the config's values.")
+    flags.DEFINE_enum("profile", "quick", list(PROFILES),
+                      "quick: CPU-sized phantom runs; cpu: real data on a CPU (1200 steps, lr 1e-3); "
+                      "paper: the config's values.")
+    flags.DEFINE_list("folds", [], "With --config.data.folds=F: the folds to run (default: all F).")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each draws its own phantoms, split and initialisation).")
     flags.DEFINE_list("models", ["voxelmorph", "transmorph"], "Displacement estimators.")
     flags.DEFINE_list("methods", [], "Methods (default: the table's; TransMorph: mse and ours).")

@@ -11,6 +11,12 @@ normalisation). The layout of the folder decides the loader (``detect_layout``):
 ACDC, ``database_nifti/`` -> CAMUS, ``pairs.csv`` -> paired volumes; ``config.data.dataset`` only
 breaks ties. Every split is by subject (patient), seeded by ``config.seed``.
 
+Cross-validation (``config.data.folds`` = F >= 3, ``config.data.fold`` = k): every subject the
+layout lists (the layout's own split, e.g. ACDC's ``testing/`` or CAMUS's split files, is set aside)
+is dealt into F folds of near-equal size by a seeded permutation (``fold_names``); the test split is
+fold k, the validation split fold (k + 1) mod F and the training split the other F - 2 folds (5 folds:
+60/20/20, as the default split). The F runs k = 0 .. F - 1 of one seed test every subject once.
+
 Batches for step ``t`` are drawn with replacement from a generator seeded by ``(seed, t)``: the data
 order depends only on the seed and the step, so a resumed run sees exactly the batches the
 uninterrupted run would have seen.
@@ -69,6 +75,42 @@ def split_names(names: Sequence[str], seed: int, fractions: Sequence[float]) -> 
     return [sorted(names[i] for i in part) for part in np.split(perm, cuts)]
 
 
+def fold_names(names: Sequence[str], seed: int, folds: int) -> list[list[str]]:
+    """The subjects dealt into ``folds`` folds (each sorted): the sorted names permuted by
+    ``default_rng([seed, 1002])`` and cut into ``folds`` near-equal parts (``np.array_split``: the
+    first ``n % folds`` folds have one subject more). Depends only on the set of names and the seed."""
+    names = sorted(names)
+    if folds < 3 or len(names) < folds:
+        raise ValueError(f"config.data.folds={folds}: need 3 <= folds <= the number of subjects ({len(names)})")
+    perm = np.random.default_rng([int(seed), 1002]).permutation(len(names))
+    return [sorted(names[i] for i in part) for part in np.array_split(perm, folds)]
+
+
+def fold_splits(names: Sequence[str], seed: int, folds: int, fold: int) -> dict[str, list[str]]:
+    """``{"train", "val", "test"} -> names`` of cross-validation fold ``fold`` (module docstring)."""
+    if not 0 <= fold < folds:
+        raise ValueError(f"config.data.fold={fold}: must be in 0 .. config.data.folds - 1 = {folds - 1}")
+    parts = fold_names(names, seed, folds)
+    val = (fold + 1) % folds
+    return {"train": sorted(n for i, p in enumerate(parts) if i not in (fold, val) for n in p),
+            "val": parts[val], "test": parts[fold]}
+
+
+def concat(sets: Sequence[Mapping]) -> dict:
+    """Pair sets concatenated (the same keys in each)."""
+    keys = list(sets[0])
+    return {k: (np.concatenate([s[k] for s in sets]) if isinstance(sets[0][k], np.ndarray)
+                else [x for s in sets for x in s[k]]) for k in keys}
+
+
+def refold(splits: Mapping[str, Mapping], seed: int, folds: int, fold: int) -> dict[str, dict]:
+    """The pairs of every split regrouped by subject into cross-validation fold ``fold``."""
+    every = concat([splits[name] for name in SPLITS])
+    groups = fold_splits(sorted(set(every["subject"])), seed, folds, fold)
+    return {name: take(every, [i for i, s in enumerate(every["subject"]) if s in set(groups[name])])
+            for name in SPLITS}
+
+
 def stack_pairs(pairs: list[dict], image_size: Sequence[int]) -> dict:
     """Stack pair dicts into a pair set (see the module docstring); an empty list gives empty arrays."""
     shape = tuple(int(n) for n in image_size)
@@ -110,6 +152,8 @@ def load_dataset(config, strict: bool = True) -> tuple[dict[str, dict], dict]:
         splits = synthetic.make_dataset(
             data.dataset, tuple(data.image_size), data.synthetic_subjects, config.seed,
             slices_per_subject=data.slices_per_subject, noise_scale=float(data.noise_scale))
+        if data.folds:
+            splits = refold(splits, config.seed, int(data.folds), int(data.fold))
         return splits, {"layout": "synthetic", "root": None, "skipped": []}
     root = os.path.abspath(os.path.expanduser(data.root))
     layout = detect_layout(root, data.dataset)
@@ -124,6 +168,8 @@ def load_dataset(config, strict: bool = True) -> tuple[dict[str, dict], dict]:
                 raise
             skipped.append({"subject": subject.name, "reason": str(exc)})
     splits = {name: stack_pairs(pairs[name], data.image_size) for name in SPLITS}
+    if data.folds:
+        splits = refold(splits, config.seed, int(data.folds), int(data.fold))
     return splits, {"layout": layout, "root": root, "skipped": skipped}
 
 
@@ -155,5 +201,5 @@ def training_batch(pairs: Mapping, seed: int, step: int, batch_size: int, rows: 
 
 def take(pairs: Mapping, index) -> dict:
     """A sub-set of a pair set (arrays and lists alike)."""
-    index = np.asarray(index)
+    index = np.asarray(index, dtype=np.int64)
     return {k: (v[index] if isinstance(v, np.ndarray) else [v[i] for i in index]) for k, v in pairs.items()}
