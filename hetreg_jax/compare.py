@@ -1,14 +1,23 @@
-"""Paired comparison of two evaluated runs (the paper's Table 2 t-tests).
+"""Paired comparison of two evaluated runs (the paper's Table 2 t-tests), with the patient as the unit.
 
     python -m hetreg_jax.compare runs/ours runs/mse [--metrics=dice,hd,asd,epe]
-    python -m hetreg_jax.compare runs/ours_s1,runs/ours_s2 runs/mse_s1,runs/mse_s2   # pooled seeds
+    python -m hetreg_jax.compare runs/ours_s1,runs/ours_s2 runs/mse_s1,runs/mse_s2   # seeds or folds
 
-Reads ``<run>/eval/test_per_pair.csv`` of both runs, pairs the rows by ``pair_id`` (a pair missing or
-excluded in either run is left out and counted), and runs scipy's paired t-test (``ttest_rel``) per
-metric, dropping pairs where either value is NaN. Comma-separated lists of runs (e.g. one per seed)
-are paired position by position and pooled: a row is keyed by (position, ``pair_id``). Runs whose
-recorded image size, dataset or data root differ are refused, and so are runs with no pair in
-common (exit code 1). The last line is one strict JSON object (NaN written as null).
+Reads ``<run>/eval/test_per_pair.csv`` of both runs and pairs the rows by ``pair_id`` (a pair missing
+or excluded in either run is left out and counted). Comma-separated lists of runs (one per seed or
+cross-validation fold) are paired position by position: a row is keyed by (position, ``pair_id``).
+
+The test (scipy's ``ttest_rel``, two-sided) has the patient as its unit: the per-pair values of a
+patient (its slices or views, over every seed that tested it) are averaged on each side, pairs
+where either value is NaN left out, and the test runs over the patients (``n``). On the built-in
+phantoms, which each seed draws anew, the unit is (seed, subject). The pair-level test, which
+counts the correlated slices of one patient as independent and overstates the evidence, is
+reported beside it as ``p_pairs`` (the paper's). Seeds are replicate trainings: ``seeds_a`` /
+``seeds_b`` give the mean ± sd of the per-seed means. ``n_nan_a`` / ``n_nan_b`` count the common
+pairs whose value is NaN (e.g. HD of an empty warped structure).
+
+Runs whose recorded image size, dataset or data root differ are refused, and so are runs with no
+pair in common (exit code 1). The last line is one strict JSON object (NaN written as null).
 """
 
 from __future__ import annotations
@@ -25,7 +34,9 @@ from absl import app, flags
 from hetreg_jax import metrics, workdir
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("metrics", ["dice", "hd", "hd95", "asd", "assd", "epe"], "Per-pair columns to compare.")
+flags.DEFINE_list("metrics", ["dice", "hd", "hd95", "asd", "assd", "hd_mm", "hd95_mm", "asd_mm", "assd_mm", "dice_lv", "hd_lv",
+                                "asd_lv", "dice_rv", "hd_rv", "asd_rv", "epe"],
+                  "Per-pair columns to compare (those a run lacks are left out).")
 
 
 def read_per_pair(run: str) -> dict[str, dict[str, str]]:
@@ -37,8 +48,24 @@ def read_per_pair(run: str) -> dict[str, dict[str, str]]:
 
 
 def read_runs(runs: str) -> dict[tuple[int, str], dict[str, str]]:
-    """Per-pair rows of one run or of a comma-separated list, keyed by (position, pair_id)."""
-    return {(i, pair): row for i, run in enumerate(runs.split(",")) for pair, row in read_per_pair(run).items()}
+    """Per-pair rows of one run or of a comma-separated list, keyed by (position, pair_id), each row
+    with ``_seed`` (the run's recorded seed, else its position) and ``_unit`` (the patient: its
+    ``subject``, or (seed, subject) on phantoms, which every seed draws anew)."""
+    out = {}
+    for i, run in enumerate(runs.split(",")):
+        recorded = workdir.recorded_config(run)
+        flat = workdir.flatten(recorded) if recorded is not None else {}
+        seed = flat.get("seed", i)
+        phantoms = recorded is not None and flat.get("data.root") is None
+        for pair, row in read_per_pair(run).items():
+            subject = row.get("subject") or pair
+            out[(i, pair)] = dict(row, _seed=seed, _unit=f"seed{seed}/{subject}" if phantoms else subject)
+    return out
+
+
+def _value(row: dict, name: str) -> float:
+    text = row.get(name, "")
+    return float(text) if text not in ("", None) else math.nan
 
 
 # What must agree for per-pair metrics to be comparable: the same pairs on the same grid (HD and
@@ -76,15 +103,21 @@ def compare(run_a: str, run_b: str, names) -> dict:
         raise ValueError(f"no test pair is in both {run_a} ({len(a)} pairs) and {run_b} ({len(b)} pairs): "
                          "were they evaluated on the same data?")
     out = {"run_a": run_a, "run_b": run_b, "n_common": len(common),
-           "only_in_a": len(set(a) - set(b)), "only_in_b": len(set(b) - set(a)), "metrics": {}}
+           "only_in_a": len(set(a) - set(b)), "only_in_b": len(set(b) - set(a)),
+           "n_patients": len({a[p]["_unit"] for p in common}), "metrics": {}}
     for name in names:
-        if not common or name not in a[common[0]] or name not in b[common[0]]:
+        if not any(name in a[p] for p in common) or not any(name in b[p] for p in common):
             continue
-        va = np.array([float(a[p][name] or math.nan) for p in common])
-        vb = np.array([float(b[p][name] or math.nan) for p in common])
-        test = metrics.paired_ttest(va, vb)
-        out["metrics"][name] = {"mean_a": metrics.summarize(va)["mean"],
-                                "mean_b": metrics.summarize(vb)["mean"], **test}
+        va = np.array([_value(a[p], name) for p in common])
+        vb = np.array([_value(b[p], name) for p in common])
+        test = metrics.unit_ttest([a[p]["_unit"] for p in common], va, vb)
+        seeds = [a[p]["_seed"] for p in common]
+        out["metrics"][name] = {"mean_a": metrics.summarize(va)["mean"], "mean_b": metrics.summarize(vb)["mean"],
+                                "n_nan_a": int(np.isnan(va).sum()), "n_nan_b": int(np.isnan(vb).sum()),
+                                "t": test["t"], "p": test["p"], "n": test["n"], "mean_diff": test["mean_diff"],
+                                "a_better": test["a_better"], "n_pairs": test["n_obs"], "p_pairs": test["p_obs"],
+                                "seeds_a": metrics.replicate_summary(seeds, va),
+                                "seeds_b": metrics.replicate_summary(seeds, vb)}
     return out
 
 
@@ -97,12 +130,13 @@ def main(argv):
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    print(f"A = {argv[1]}\nB = {argv[2]}\npaired pairs: {result['n_common']} "
-          f"(only in A: {result['only_in_a']}, only in B: {result['only_in_b']})")
-    print(f"{'metric':8s} {'mean A':>9s} {'mean B':>9s} {'A - B':>9s} {'t':>8s} {'p':>10s} {'n':>5s}")
+    print(f"A = {argv[1]}\nB = {argv[2]}\npaired pairs: {result['n_common']} of {result['n_patients']} patients "
+          f"(only in A: {result['only_in_a']}, only in B: {result['only_in_b']}); the test's unit is the patient")
+    print(f"{'metric':10s} {'mean A':>9s} {'mean B':>9s} {'A - B':>9s} {'p':>9s} {'patients':>8s} {'A better':>8s} "
+          f"{'p pairs':>9s} {'pairs':>6s} {'NaN A,B':>8s}")
     for name, r in result["metrics"].items():
-        print(f"{name:8s} {r['mean_a']:9.3f} {r['mean_b']:9.3f} {r['mean_diff']:9.3f} {r['t']:8.3f} "
-              f"{r['p']:10.3g} {r['n']:5d}")
+        print(f"{name:10s} {r['mean_a']:9.3f} {r['mean_b']:9.3f} {r['mean_diff']:9.3f} {r['p']:9.3g} {r['n']:8d} "
+              f"{r['a_better']:8d} {r['p_pairs']:9.3g} {r['n_pairs']:6d} {r['n_nan_a']:>3d},{r['n_nan_b']:<4d}")
     print(json.dumps(workdir.json_safe(result), allow_nan=False))
 
 

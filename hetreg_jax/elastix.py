@@ -139,20 +139,26 @@ def _failure_reason(itk, fixed_image, moving_image, run) -> str:
     return f"{reason} (check the images and config.elastix)"
 
 
-def _warp_all(pairs, displacement: np.ndarray) -> dict[str, np.ndarray]:
-    """The warped images and soft warped ED myocardium, with the networks' warp (linear, zeros outside)."""
+def _warp_all(pairs, displacement: np.ndarray, labels=(("myo", 2),)) -> dict[str, np.ndarray]:
+    """The warped images and soft warped ED structures ``labels`` (``[(name, value)]``, channel k =
+    ``labels[k]``), with the networks' warp (linear, zeros outside)."""
     import jax
     import jax.numpy as jnp
 
-    from hetreg_jax import evaluation, spatial
+    from hetreg_jax import spatial
 
     @jax.jit
-    def warp(moving, moving_myo, disp):
-        return spatial.warp(moving, disp), spatial.warp(moving_myo, disp)
+    def warp(moving, moving_labels, disp):
+        return spatial.warp(moving, disp), spatial.warp(moving_labels, disp)
 
-    myo = (pairs["moving_label"] == evaluation.MYOCARDIUM)[..., None].astype(np.float32)
-    warped, warped_myo = warp(jnp.asarray(pairs["moving"]), jnp.asarray(myo), jnp.asarray(displacement))
-    return {"displacement": displacement, "warped": np.asarray(warped), "warped_myo": np.asarray(warped_myo)}
+    values = np.array([v for _, v in labels], np.uint8)
+    masks = (pairs["moving_label"][..., None] == values).astype(np.float32)
+    warped, warped_labels = warp(jnp.asarray(pairs["moving"]), jnp.asarray(masks), jnp.asarray(displacement))
+    out = {"displacement": displacement, "warped": np.asarray(warped), "warped_labels": np.asarray(warped_labels)}
+    names = [name for name, _ in labels]
+    if "myo" in names:
+        out["warped_myo"] = out["warped_labels"][..., names.index("myo"), None]
+    return out
 
 
 def _eta(seconds: float) -> str:
@@ -185,7 +191,9 @@ def register_split(pairs, config, say=print) -> tuple[dict[str, np.ndarray], dic
             say(f"registered {i + 1}/{n} pairs | {seconds[-1]:.2f} s/pair | ETA {_eta(eta)}")
     shape = pairs["moving"].shape[1:-1]
     displacement = np.stack(fields) if fields else np.zeros((0, *shape, len(shape)), np.float32)
-    return _warp_all(pairs, displacement), {"wall": seconds, "cpu": cpu}
+    from hetreg_jax import evaluation
+
+    return _warp_all(pairs, displacement, evaluation.structures(config)), {"wall": seconds, "cpu": cpu}
 
 
 def evaluate(config, workdir: str, out: str | None = None, record: bool = True,

@@ -1,16 +1,27 @@
-"""Test-split evaluation: warp the ED myocardium, compare with ES, write the reports.
+"""Test-split evaluation: warp the ED structures, compare with ES, write the reports.
 
 Conventions (METHOD.md, Evaluation):
-- the ED myocardium (label 2) is warped with linear interpolation and thresholded at 0.5
-  (``eval.label_rule="threshold"``) or counted wherever it is > 0 (``"reference"``, the authors'
-  rule, which dilates by up to a pixel);
-- Dice in %, Hausdorff (max) / HD95 / ASD / ASSD in pixels (voxels) of the network grid;
-  ASD is directed from the ES (ground-truth) surface to the warped one;
+- each labelled structure (``data.structures``: which label value is which structure; ACDC's
+  convention for ACDC data and phantoms, CAMUS's for CAMUS and the echo phantoms) is warped from ED
+  with linear interpolation as a 0/1 mask and thresholded at 0.5 (``eval.label_rule="threshold"``)
+  or counted wherever it is > 0 (``"reference"``, the authors' rule, which dilates by up to a pixel);
+- the myocardium is the headline (the paper's): its columns are ``dice``, ``hd``, ``hd95``, ``asd``,
+  ``assd``; another structure ``s`` has ``dice_s``, ``hd_s``, ...;
+- Dice in %, Hausdorff (max) / HD95 / ASD / ASSD in pixels (voxels) of the network grid (the
+  paper's), and in mm (``hd_mm``, ``hd_lv_mm``, ...) from the pair's voxel spacing where the data
+  has one (on-disk datasets; not the phantoms); ASD is directed from the ES (ground-truth) surface
+  to the warped one;
+- a structure is scored on a pair only where it is labelled in both frames (``status_s`` =
+  ``ok``); where the warped ED structure is empty (``empty_prediction``) Dice is 0 and the surface
+  metrics are NaN (``eval.empty_penalty="nan"``, counted in every summary's ``n_nan``) or the crop
+  diagonal (``"diagonal"``, in px and mm), so that methods that erase a structure are comparable;
+  where it is missing in ED or ES (``absent``) nothing is scored;
 - folding % and SDlogJ from the predicted displacement; EPE (voxels) against the phantoms'
-  ground-truth displacement, inside the ES myocardium (``epe``) and over the image (``epe_image``);
+  ground-truth displacement, inside the ES myocardium (``epe``) and over the image (``epe_image``):
+  absent, not NaN, for data without ground-truth motion;
 - AUSE of the predicted log-variance against the squared residual, over the foreground;
-- a pair whose ED or ES myocardium is empty is excluded and listed with its reason, never dropped
-  silently.
+- a pair on which no structure is labelled in both frames is excluded and listed with its reason,
+  never dropped silently.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import csv
 import json
 import math
 import os
+import re
 from typing import Mapping
 
 import jax
@@ -29,40 +41,100 @@ from hetreg_jax.workdir import json_safe
 from hetreg_jax.data import pipeline
 
 MYOCARDIUM = 2
+# The version of the per-pair reports: a run evaluated by an older version is evaluated again.
+EVAL_VERSION = 2
+CONTOUR_KEYS = ("dice", "hd", "hd95", "asd", "assd")
+SURFACE_KEYS = CONTOUR_KEYS[1:]
 REGISTERED_KEYS = ("dice", "hd", "hd95", "asd", "assd", "folding_percent", "sd_log_jacobian", "epe",
                    "epe_image")
 UNCERTAINTY_KEYS = ("ause", "sparsification_mse0") + uncertainty.PAIR_KEYS
+# Label conventions (``data.structures="auto"``), by dataset layout or phantom kind.
+CONVENTIONS = {"acdc": "rv=1,myo=2,lv=3", "camus": "lv=1,myo=2,la=3", "echo3d": "lv=1,myo=2,la=3",
+               "pairs": "myo=2"}
+STRUCTURE_NAMES = {"myo": "myocardium", "lv": "LV cavity", "rv": "RV cavity", "la": "left atrium"}
+_NAME = re.compile(r"^[a-z][a-z0-9]*$")
 
 
-def predict_pairs(trainer, state, pairs: Mapping, batch_size: int) -> dict[str, np.ndarray]:
-    """Run the jitted predictor over every pair, in fixed-size batches (the last one padded)."""
+def parse_structures(text: str) -> list[tuple[str, int]]:
+    """``"rv=1,myo=2,lv=3"`` -> ``[("myo", 2), ("rv", 1), ("lv", 3)]`` (the myocardium first, the
+    others in the given order); one-line ``ValueError`` naming ``config.data.structures``."""
+    out: list[tuple[str, int]] = []
+    for item in str(text).split(","):
+        name, sep, value = item.strip().partition("=")
+        name = name.strip()
+        if not sep or not _NAME.match(name) or not value.strip().isdigit() or not 1 <= int(value) <= 255:
+            raise ValueError(f"config.data.structures={text!r}: expected 'name=label,...' with lower-case names "
+                             "and labels 1-255, e.g. 'rv=1,myo=2,lv=3'")
+        out.append((name, int(value)))
+    names, values = [n for n, _ in out], [v for _, v in out]
+    if len(set(names)) < len(names) or len(set(values)) < len(values):
+        raise ValueError(f"config.data.structures={text!r}: a name or a label appears twice")
+    return sorted(out, key=lambda nv: nv[0] != "myo")
+
+
+def structures(config) -> list[tuple[str, int]]:
+    """The scored ``(name, label value)`` of ``config.data.structures`` ("auto": the convention of
+    the dataset's layout, or of the phantom kind)."""
+    text = config.data.get("structures", "auto")
+    if text == "auto":
+        kind = config.data.dataset
+        if config.data.root is not None:
+            kind = pipeline.detect_layout(os.path.abspath(os.path.expanduser(config.data.root)), kind)
+        text = CONVENTIONS.get(kind, CONVENTIONS["pairs"])
+    return parse_structures(text)
+
+
+def key(metric: str, structure: str, mm: bool = False) -> str:
+    """The column of ``metric`` for ``structure``: ``hd`` (myocardium), ``hd_lv``, ``hd_lv_mm``."""
+    return metric + ("" if structure == "myo" else f"_{structure}") + ("_mm" if mm else "")
+
+
+def predict_pairs(trainer, state, pairs: Mapping, batch_size: int, labels=(("myo", MYOCARDIUM),)) -> dict[str, np.ndarray]:
+    """Run the jitted predictor over every pair, in fixed-size batches (the last one padded).
+
+    ``labels`` (``[(name, value)]``): the ED structures warped into ``warped_labels`` ``[N, *S, K]``
+    (channel k = ``labels[k]``); ``warped_myo`` ``[N, *S, 1]`` is the myocardium's channel."""
     n = pipeline.num_pairs(pairs)
     n_dev = trainer.mesh.devices.size
     batch_size = max(n_dev, int(math.ceil(batch_size / n_dev)) * n_dev)
     rows = sharding.process_slice(batch_size)
+    values = np.array([v for _, v in labels], np.uint8)
     outputs: dict[str, list] = {}
     for start in range(0, n, batch_size):
         index = np.arange(start, start + batch_size) % n  # pad the tail with repeats
         local = {
             "moving": pairs["moving"][index][rows],
             "fixed": pairs["fixed"][index][rows],
-            "moving_myo": (pairs["moving_label"][index][rows] == MYOCARDIUM)[..., None].astype(np.float32),
+            "moving_labels": (pairs["moving_label"][index][rows][..., None] == values).astype(np.float32),
         }
         out = trainer.predict(state, sharding.global_batch(local, trainer.mesh))
         keep = min(batch_size, n - start)
         for k, v in out.items():
             outputs.setdefault(k, []).append(np.asarray(jax.device_get(v))[:keep])
-    return {k: np.concatenate(v) for k, v in outputs.items()}
+    out = {k: np.concatenate(v) for k, v in outputs.items()}
+    names = [name for name, _ in labels]
+    if "myo" in names:
+        out["warped_myo"] = out["warped_labels"][..., names.index("myo"), None]
+    return out
 
 
-def _contour_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    return {
-        "dice": 100.0 * metrics.dice(pred, gt),
-        "hd": metrics.hausdorff(gt, pred),
-        "hd95": metrics.hausdorff(gt, pred, percentile=95),
-        "asd": metrics.average_surface_distance(gt, pred),
-        "assd": metrics.average_surface_distance(gt, pred, symmetric=True),
-    }
+def _contour_metrics(gt: np.ndarray, pred: np.ndarray, spacing=None, penalty: str = "nan") -> dict[str, float]:
+    """Dice (%) and the surface metrics of one structure; in px, and in mm when ``spacing`` is given
+    (keys ``hd_mm`` ...). An empty ``pred`` gets the crop diagonal under ``penalty="diagonal"``."""
+    out = {"dice": 100.0 * metrics.dice(pred, gt)}
+    units = [("", None)] + ([("_mm", spacing)] if spacing is not None else [])
+    for suffix, sp in units:
+        if not pred.any() and penalty == "diagonal":
+            size = np.asarray(gt.shape, np.float64) * (1.0 if sp is None else np.asarray(sp, np.float64))
+            out.update({m + suffix: float(np.sqrt(np.sum(size ** 2))) for m in SURFACE_KEYS})
+            continue
+        out.update({
+            "hd" + suffix: metrics.hausdorff(gt, pred, spacing=sp),
+            "hd95" + suffix: metrics.hausdorff(gt, pred, percentile=95, spacing=sp),
+            "asd" + suffix: metrics.average_surface_distance(gt, pred, spacing=sp),
+            "assd" + suffix: metrics.average_surface_distance(gt, pred, symmetric=True, spacing=sp),
+        })
+    return out
 
 
 def _deformation_metrics(disp: np.ndarray, true_disp, es_myo: np.ndarray) -> dict[str, float]:
@@ -73,29 +145,57 @@ def _deformation_metrics(disp: np.ndarray, true_disp, es_myo: np.ndarray) -> dic
     return out
 
 
-def pair_rows(pairs: Mapping, pred: Mapping, label_rule: str, sparsification_steps: int):
+def _absent_reason(name: str, ed: np.ndarray, es: np.ndarray) -> str | None:
+    label = STRUCTURE_NAMES.get(name, name)
+    return f"empty ED {label}" if not ed.any() else f"empty ES {label}" if not es.any() else None
+
+
+def pair_rows(pairs: Mapping, pred: Mapping, label_rule: str, sparsification_steps: int,
+              labels=(("myo", MYOCARDIUM),), empty_penalty: str = "nan"):
     """Per-pair metric rows, the excluded pairs with reasons, and the per-pair sparsification curves
-    (``(curve, oracle)`` for methods with a variance net)."""
+    (``(curve, oracle)`` for methods with a variance net). ``labels``: the scored ``(name, value)``
+    structures, in the channel order of ``pred["warped_labels"]`` (or only the myocardium, read
+    from ``pred["warped_myo"]``)."""
     if label_rule not in ("threshold", "reference"):
         raise ValueError(f"config.eval.label_rule={label_rule!r}; known: 'threshold', 'reference'")
+    if empty_penalty not in ("nan", "diagonal"):
+        raise ValueError(f"config.eval.empty_penalty={empty_penalty!r}; known: 'nan', 'diagonal'")
+    labels = list(labels)
+    warped_labels = pred.get("warped_labels")
+    if warped_labels is None:
+        if [n for n, _ in labels] != ["myo"]:
+            raise ValueError("predictions without 'warped_labels' can only score the myocardium")
+        warped_labels = pred["warped_myo"]
     rows, excluded, curves = [], [], []
     true_disps = pairs.get("displacement")
+    spacings = pairs.get("spacing")
     for i in range(pipeline.num_pairs(pairs)):
         pair_id = pairs["pair_id"][i]
-        ed = pairs["moving_label"][i] == MYOCARDIUM
-        es = pairs["fixed_label"][i] == MYOCARDIUM
-        reason = "empty ED myocardium" if not ed.any() else "empty ES myocardium" if not es.any() else None
-        if reason:
-            excluded.append({"pair_id": pair_id, "reason": reason})
-            continue
-        soft = pred["warped_myo"][i, ..., 0]
-        warped = soft > 0.5 if label_rule == "threshold" else soft > 0
-        true = None if true_disps is None else true_disps[i]
+        spacing = None if spacings is None else np.asarray(spacings[i], np.float64)
         row = {"pair_id": pair_id, "subject": pairs["subject"][i]}
-        row.update(_contour_metrics(es, warped))
-        row.update(_deformation_metrics(pred["displacement"][i], true, es))
-        undeformed = _contour_metrics(es, ed)
-        undeformed.update(_deformation_metrics(np.zeros_like(pred["displacement"][i]), true, es))
+        reasons = []
+        for k, (name, value) in enumerate(labels):
+            ed = pairs["moving_label"][i] == value
+            es = pairs["fixed_label"][i] == value
+            reason = _absent_reason(name, ed, es)
+            if reason:
+                reasons.append(reason)
+                row[f"status_{name}"] = "absent"
+                continue
+            soft = warped_labels[i, ..., k]
+            warped = soft > 0.5 if label_rule == "threshold" else soft > 0
+            row[f"status_{name}"] = "ok" if warped.any() else "empty_prediction"
+            for prefix, moved in (("", warped), ("undeformed_", ed)):
+                for metric, v in _contour_metrics(es, moved, spacing, empty_penalty).items():
+                    base, mm = metric.removesuffix("_mm"), metric.endswith("_mm")
+                    row[prefix + key(base, name, mm)] = v
+        if len(reasons) == len(labels):
+            excluded.append({"pair_id": pair_id, "reason": ", ".join(reasons)})
+            continue
+        es_myo = pairs["fixed_label"][i] == MYOCARDIUM
+        true = None if true_disps is None else true_disps[i]
+        row.update(_deformation_metrics(pred["displacement"][i], true, es_myo))
+        undeformed = _deformation_metrics(np.zeros_like(pred["displacement"][i]), true, es_myo)
         row.update({f"undeformed_{k}": v for k, v in undeformed.items()})
         if "log_var" in pred:
             fixed, moving = pairs["fixed"][i, ..., 0], pairs["moving"][i, ..., 0]
@@ -112,27 +212,62 @@ def pair_rows(pairs: Mapping, pred: Mapping, label_rule: str, sparsification_ste
     return rows, excluded, curves
 
 
-def summarize(rows: list[dict], excluded: list[dict], n_pairs: int) -> dict:
-    """Mean/std/n per metric (NaN-aware), the same keys under ``undeformed``, counts and exclusions."""
+def columns(rows: list[dict]) -> list[str]:
+    """Every column of ``rows`` in first-seen order (rows differ where a structure is absent)."""
+    return list(dict.fromkeys(k for r in rows for k in r))
+
+
+def structure_summary(rows: list[dict], name: str, value: int) -> dict:
+    """Summaries of one structure's columns over the pairs where it is labelled in both frames:
+    ``n_pairs``, ``n_empty_prediction``, ``n_absent``, and per metric (px; mm where measured)
+    ``dice``, ``hd``, ``hd_mm``, ... each ``dict(mean, std, n, n_nan)`` (NaN: an empty prediction),
+    plus the same under ``undeformed``."""
+    scored = [r for r in rows if r.get(f"status_{name}") in ("ok", "empty_prediction")]
+    out: dict = {"label": value, "name": STRUCTURE_NAMES.get(name, name), "n_pairs": len(scored),
+                 "n_empty_prediction": sum(r[f"status_{name}"] == "empty_prediction" for r in scored),
+                 "n_absent": sum(r.get(f"status_{name}") == "absent" for r in rows), "undeformed": {}}
+    for metric in CONTOUR_KEYS:
+        for mm in (False, True):
+            column = key(metric, name, mm)
+            if scored and column in scored[0]:
+                short = metric + ("_mm" if mm else "")
+                out[short] = metrics.summarize([r[column] for r in scored])
+                out["undeformed"][short] = metrics.summarize([r["undeformed_" + column] for r in scored])
+    return out
+
+
+UNITS = {"dice": "%", "hd": "px", "hd95": "px", "asd": "px (ES surface -> warped)", "assd": "px",
+         "hd_mm": "mm", "hd95_mm": "mm", "asd_mm": "mm (ES surface -> warped)", "assd_mm": "mm",
+         "folding_percent": "% voxels with det J <= 0",
+         "sd_log_jacobian": "std of log det J (2-voxel border cropped)",
+         "epe": "px (inside the ES myocardium)", "epe_image": "px (whole image)",
+         "ause": "squared normalised intensity (area between sparsification and oracle)",
+         "sparsification_mse0": "squared normalised intensity (foreground MSE)"}
+
+
+def summarize(rows: list[dict], excluded: list[dict], n_pairs: int, labels=(("myo", MYOCARDIUM),)) -> dict:
+    """Mean/std/n/n_nan per metric (NaN-aware), the same keys under ``undeformed``, per-structure
+    summaries under ``structures``, counts and exclusions. The top-level contour metrics are the
+    myocardium's, over the pairs where it is labelled in both frames."""
     def column(key):
         return [r.get(key, math.nan) for r in rows]
 
-    summary: dict = {"n_pairs": n_pairs, "n_evaluated": len(rows), "n_excluded": len(excluded),
-                     "excluded": excluded}
-    keys = [k for k in REGISTERED_KEYS if rows and k in rows[0]]
-    for k in keys:
-        summary[k] = metrics.summarize(column(k))
-    summary["undeformed"] = {k: metrics.summarize(column(f"undeformed_{k}")) for k in keys}
-    for k in UNCERTAINTY_KEYS:
-        if rows and k in rows[0]:
+    summary: dict = {"eval_version": EVAL_VERSION, "n_pairs": n_pairs, "n_evaluated": len(rows),
+                     "n_excluded": len(excluded), "excluded": excluded, "undeformed": {},
+                     "structures": {name: structure_summary(rows, name, value) for name, value in labels}}
+    myo = summary["structures"].get("myo", {})
+    for k in CONTOUR_KEYS + tuple(f"{m}_mm" for m in SURFACE_KEYS):
+        if k in myo:
+            summary[k], summary["undeformed"][k] = myo[k], myo["undeformed"][k]
+    have = columns(rows)
+    for k in REGISTERED_KEYS[len(CONTOUR_KEYS):]:
+        if k in have:
             summary[k] = metrics.summarize(column(k))
-    summary["units"] = {"dice": "%", "hd": "px", "hd95": "px", "asd": "px (ES surface -> warped)",
-                        "assd": "px", "folding_percent": "% voxels with det J <= 0",
-                        "sd_log_jacobian": "std of log det J (2-voxel border cropped)",
-                        "epe": "px (inside the ES myocardium)", "epe_image": "px (whole image)",
-                        "ause": "squared normalised intensity (area between sparsification and oracle)",
-                        "sparsification_mse0": "squared normalised intensity (foreground MSE)",
-                        **uncertainty.UNITS}
+            summary["undeformed"][k] = metrics.summarize(column(f"undeformed_{k}"))
+    for k in UNCERTAINTY_KEYS:
+        if k in have:
+            summary[k] = metrics.summarize(column(k))
+    summary["units"] = {**UNITS, **uncertainty.UNITS}
     return summary
 
 
@@ -146,9 +281,9 @@ def write_reports(outdir: str, rows: list[dict], summary: dict, name: str = "tes
         json.dump(json_safe(summary), f, indent=2, allow_nan=False)
     os.replace(path + ".tmp", path)
     path = os.path.join(outdir, f"{name}_per_pair.csv")
-    fields = list(rows[0]) if rows else ["pair_id"]
+    fields = columns(rows) or ["pair_id"]
     with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
     os.replace(path + ".tmp", path)
@@ -156,20 +291,23 @@ def write_reports(outdir: str, rows: list[dict], summary: dict, name: str = "tes
 
 def evaluate(trainer, state, pairs: Mapping, config, outdir: str | None = None, name: str = "test") -> dict:
     """Predict, score every pair, and (when ``outdir`` is given) write the two reports."""
-    pred = predict_pairs(trainer, state, pairs, config.eval.batch_size)
+    pred = predict_pairs(trainer, state, pairs, config.eval.batch_size, structures(config))
     return score(pairs, pred, config, outdir, name, extra={"checkpoint_step": int(jax.device_get(state.step))})
 
 
 def score(pairs: Mapping, pred: Mapping, config, outdir: str | None = None, name: str = "test",
           extra: Mapping | None = None) -> dict:
-    """Score precomputed predictions (``displacement``, ``warped``, ``warped_myo`` ``[N, *S, C]``, and
-    ``log_var`` for methods with a variance net) of every pair, e.g. a network's or elastix's;
-    ``extra`` entries are added to the summary. Writes the two reports and the example figure when
-    ``outdir`` is given."""
+    """Score precomputed predictions (``displacement``, ``warped``, ``warped_labels`` ``[N, *S, K]``
+    with the structures of :func:`structures` in order, and ``log_var`` for methods with a variance
+    net) of every pair, e.g. a network's or elastix's; ``extra`` entries are added to the summary.
+    Writes the two reports and the example figure when ``outdir`` is given."""
     steps = config.eval.sparsification_steps
-    rows, excluded, curves = pair_rows(pairs, pred, config.eval.label_rule, steps)
-    summary = summarize(rows, excluded, pipeline.num_pairs(pairs))
+    labels = structures(config)
+    rows, excluded, curves = pair_rows(pairs, pred, config.eval.label_rule, steps, labels,
+                                       config.eval.empty_penalty)
+    summary = summarize(rows, excluded, pipeline.num_pairs(pairs), labels)
     summary["label_rule"] = config.eval.label_rule
+    summary["empty_penalty"] = config.eval.empty_penalty
     summary.update(extra or {})
     if curves:  # the paper's Fig. 3: mean raw-MSE sparsification curve and oracle over the pairs
         summary["sparsification"] = {"fraction_removed": list(np.arange(steps) / steps),
@@ -193,8 +331,11 @@ def validation_dice(trainer, state, pairs: Mapping, config, on_prediction=None) 
     n = pipeline.num_pairs(pairs)
     limit = config.eval.val_pairs or n
     subset = pipeline.take(pairs, np.arange(min(n, limit)))
-    pred = predict_pairs(trainer, state, subset, config.eval.batch_size)
+    labels = structures(config)
+    pred = predict_pairs(trainer, state, subset, config.eval.batch_size, labels)
     if on_prediction is not None:
         on_prediction(subset, pred)
-    rows, _, _ = pair_rows(subset, pred, config.eval.label_rule, config.eval.sparsification_steps)
-    return float(np.nanmean([r["dice"] for r in rows])) if rows else math.nan
+    rows, _, _ = pair_rows(subset, pred, config.eval.label_rule, config.eval.sparsification_steps, labels)
+    headline = key("dice", labels[0][0])  # the myocardium's when it is labelled
+    values = [r[headline] for r in rows if headline in r]
+    return float(np.nanmean(values)) if values else math.nan

@@ -82,7 +82,9 @@ def fig2(runs, base, root, profile) -> str | None:
     done = [r for r in runs if finished(r, base, root, profile) and r.noise_scale is None and r.gamma is None]
     if not done:
         return None
-    seed = min(r.seed for r in done)
+    seed = min(r.seed for r in done)  # and the first fold of that seed: the columns share its test pairs
+    fold = min((r.fold for r in done if r.seed == seed), key=lambda k: -1 if k is None else k)
+    done = [r for r in done if (r.seed, r.fold) == (seed, fold)]
     datasets = [d for d in dict.fromkeys(r.dataset for r in done)]
     columns = []  # (model, method) in table order
     for r in runs:
@@ -170,10 +172,13 @@ def fig3(runs, base, root, profile) -> str | None:
         maps = [(pairs["fixed"][i, ..., 0], f"{DATASET_NAMES.get(d, d)} fixed (ES)\n{pairs['pair_id'][i]}", "gray",
                  "normalised intensity"),
                 (np.log10(np.maximum(pairs["noise_sigma"][i, ..., 0], 1e-6) ** 2), "true σ² of the phantom",
-                 "viridis", "log₁₀ σ² (intensity²)"),
+                 "viridis", "log₁₀ σ² (intensity²)") if "noise_sigma" in pairs else
+                (np.log10(np.maximum((pairs["fixed"][i, ..., 0] - out["warped"]) ** 2, 1e-6)),
+                 "squared residual (fixed − warped)²\n(real data: no true σ²)", "viridis", "log₁₀ σ² (intensity²)"),
                 (out["log_var"] / np.log(10.0), "predicted σ² (ours)", "viridis", "log₁₀ σ² (intensity²)"),
                 (out["weight"], "SNR weight w (ours)", "cividis", "w (no unit)")]
-        inside = pairs["noise_sigma"][i, ..., 0] > 0  # echo phantoms: no noise (σ = 0) outside the fan
+        inside = (pairs["noise_sigma"][i, ..., 0] > 0 if "noise_sigma" in pairs  # echo phantoms: no noise
+                  else pairs["fixed"][i, ..., 0] != 0)                           # (σ = 0) outside the fan
         if not inside.any():
             inside = np.ones_like(inside)
         maps[1] = (np.where(inside, maps[1][0], np.nan),) + maps[1][1:]  # blank where σ = 0

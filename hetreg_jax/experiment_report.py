@@ -21,6 +21,14 @@ from hetreg_jax import metrics
 
 CONTOUR = (("dice", "Dice %", True), ("hd", "HD px", False), ("asd", "ASD px", False))
 DATASET_NAMES = {"acdc": "ACDC-like", "camus": "CAMUS-like", "echo3d": "3D echo-like"}
+REAL_NAMES = {"acdc": "ACDC", "camus": "CAMUS"}
+
+
+def dataset_name(dataset: str, base=None) -> str:
+    """``ACDC-like`` (phantoms) or ``ACDC (real)`` (a dataset folder, ``base.data.root``)."""
+    if base is not None and base.data.root is not None:
+        return f"{REAL_NAMES.get(dataset, dataset)} (real)"
+    return DATASET_NAMES.get(dataset, dataset)
 MODEL_NAMES = {"voxelmorph": "VoxelMorph", "transmorph": "TransMorph"}
 METHOD_NAMES = {"elastix": "Elastix", "ncc": "NCC", "mi": "MI", "mse": "MSE", "nll": "NLL", "beta_nll": "β-NLL",
                 "adaframe": "AdaFrame", "adareg": "AdaReg", "ours": "ours", "undeformed": "Undeformed"}
@@ -171,10 +179,19 @@ def _setting(runs, base, root, profile) -> str:
         return ""
     config = experiments.run_config(base, trained[0], profile)
     seeds = sorted({r.seed for r in runs})
-    return (f"Profile `{profile}`: {'x'.join(map(str, config.data.image_size))} phantoms, "
-            f"{config.data.synthetic_subjects} subjects, {config.num_steps} steps, batch {config.batch_size}, "
-            f"lr {config.optim.motion_lr:g}; seeds {', '.join(map(str, seeds))} (each seed its own "
-            f"phantoms, split and initialisation); mean ± std over the test pairs pooled over the seeds.\n")
+    folds = sorted({r.fold for r in runs if r.fold is not None})
+    size = "x".join(map(str, config.data.image_size))
+    if config.data.root is None:
+        data = f"{size} phantoms, {config.data.synthetic_subjects} subjects"
+        seeds_text = f"seeds {', '.join(map(str, seeds))} (each seed its own phantoms, split and initialisation)"
+    else:
+        data = f"real data in `{config.data.root}`, {size} crops"
+        seeds_text = f"seeds {', '.join(map(str, seeds))} (each seed its own initialisation, data order and split)"
+    split = (f"; {config.data.folds}-fold cross-validation by patient, folds {', '.join(map(str, folds))} "
+             f"run (test = fold k, validation = fold k + 1)" if folds else "")
+    return (f"Profile `{profile}`: {data}, {config.num_steps} steps, batch {config.batch_size}, "
+            f"lr {config.optim.motion_lr:g}; {seeds_text}{split}; mean ± std over the test pairs pooled "
+            "over the seeds and folds.\n")
 
 
 # ------------------------------------------------------------------------------------ Table 1 / 3
@@ -190,8 +207,8 @@ def contour_table(runs, base, root, profile, datasets, paper: dict | None, paper
                 if method == "undeformed":
                     seen, chosen = set(), []
                     for r in done:
-                        if r.dataset == dataset and r.seed not in seen:
-                            seen.add(r.seed)
+                        if r.dataset == dataset and (r.seed, r.fold) not in seen:
+                            seen.add((r.seed, r.fold))
                             chosen.append(r)
                     values = pooled(chosen, root, f"undeformed_{metric}")
                 else:
@@ -207,7 +224,7 @@ def contour_table(runs, base, root, profile, datasets, paper: dict | None, paper
                                     paper=_paper_value(paper, paper_datasets, dataset, model, method, metric)))
             columns.append(column)
     marked = mark(columns, [h for _ in datasets for _, _, h in CONTOUR], skip_rows=(0,))
-    header = ["method"] + [f"{DATASET_NAMES.get(d, d)} {label}" for d in datasets for _, label, _ in CONTOUR] + \
+    header = ["method"] + [f"{dataset_name(d, base)} {label}" for d in datasets for _, label, _ in CONTOUR] + \
              [f"n {d} (pairs, seeds)" for d in datasets]
     rows = [[row_name(*key)] + [marked[c][r] for c in range(len(columns))] +
             [f"{counts[(d, *key)][0] // 1}, {counts[(d, *key)][1]}" for d in datasets]
@@ -228,6 +245,75 @@ def contour_table(runs, base, root, profile, datasets, paper: dict | None, paper
             text += "\nThe paper's published numbers (real data, 30000 steps; '–': not published or not " \
                     "legible in our copy):\n\n" + markdown(pheader, prows)
     return text, records
+
+
+STRUCTURE_METRICS = (("dice", "Dice %", True), ("hd", "HD px", False), ("hd95", "HD95 px", False),
+                     ("asd", "ASD px", False), ("assd", "ASSD px", False), ("hd_mm", "HD mm", False),
+                     ("hd95_mm", "HD95 mm", False), ("asd_mm", "ASD mm", False), ("assd_mm", "ASSD mm", False))
+
+
+def scored_rows(run, root, name: str) -> list[dict]:
+    """The per-pair rows of ``run`` on which structure ``name`` is scored (labelled in both frames)."""
+    rows = read_rows(run.path(root)) or []
+    return [r for r in rows if r.get(f"status_{name}", "ok") in ("ok", "empty_prediction")]
+
+
+def structures_of(runs, root) -> list[tuple[str, str]]:
+    """``(name, label)`` of every structure the finished ``runs`` scored, the myocardium first."""
+    found = {}
+    for run in runs:
+        for name, info in ((read_summary(run.path(root)) or {}).get("structures") or {}).items():
+            found.setdefault(name, info.get("name", name))
+    return sorted(found.items(), key=lambda item: item[0] != "myo")
+
+
+def structure_tables(runs, base, root, profile, datasets) -> str:
+    """Per dataset and structure: every contour metric in px and (where the data has a spacing) mm,
+    the count of empty warped structures (their surface metrics are NaN and left out of the means
+    unless ``eval.empty_penalty="diagonal"``), and the patient-level paired test of Dice against the
+    MSE network of the same model."""
+    from hetreg_jax import evaluation
+
+    done = [r for r in runs if finished(r, base, root, profile)]
+    keys = [("", "undeformed")] + _method_rows(runs)
+    blocks = []
+    for dataset in datasets:
+        mine = [r for r in done if r.dataset == dataset]
+        for name, label in structures_of(mine, root):
+            present = [(m, lab, h) for m, lab, h in STRUCTURE_METRICS
+                       if any(evaluation.key(m.removesuffix("_mm"), name, m.endswith("_mm")) in row
+                              for r in mine for row in scored_rows(r, root, name)[:1])]
+            columns = [[] for _ in present]
+            extra = []
+            for model, method in keys:
+                if method == "undeformed":
+                    seen, chosen = set(), []
+                    for r in mine:
+                        if (r.seed, r.fold) not in seen:
+                            seen.add((r.seed, r.fold))
+                            chosen.append(r)
+                else:
+                    chosen = [r for r in mine if r.method == method and (method == "elastix" or r.model == model)]
+                rows = [row for r in chosen for row in scored_rows(r, root, name)]
+                prefix = "undeformed_" if method == "undeformed" else ""
+                for c, (metric, _, _) in enumerate(present):
+                    column = prefix + evaluation.key(metric.removesuffix("_mm"), name, metric.endswith("_mm"))
+                    columns[c].append(cell(np.asarray([row.get(column, math.nan) for row in rows], np.float64)))
+                empty = sum(row.get(f"status_{name}") == "empty_prediction" for row in rows) if prefix == "" else 0
+                patients = len({row.get("subject") for row in rows})
+                test = "–"
+                mse = [r for r in mine if r.method == "mse" and r.model == model]
+                if method not in ("undeformed", "mse") and mse and chosen:
+                    t = paired(chosen, mse, root, evaluation.key("dice", name))
+                    if t["n"]:
+                        test = f"{t['mean_diff']:+.2f} (p = {_p(t['p'])}, {t['a_better']}/{t['n']} better)"
+                extra.append([str(empty), f"{patients}, {len(rows)}, {len({r.seed for r in chosen})}", test])
+            marked = mark(columns, [h for _, _, h in present], skip_rows=(0,))
+            header = ["method"] + [lab for _, lab, _ in present]
+            header += ["empty warped", "n (patients, pairs, seeds)", "Δ Dice vs MSE (p over patients)"]
+            body = [[row_name(*k)] + [marked[c][i] for c in range(len(present))] + extra[i] for i, k in enumerate(keys)]
+            blocks.append(f"\n{dataset_name(dataset, base)}, {label}:\n\n" + markdown(header, body))
+    return "".join(blocks)
 
 
 def _paper_value(paper, paper_datasets, dataset, model, method, metric) -> float:
@@ -269,7 +355,7 @@ def cost_table(runs, base, root, profile, datasets) -> str:
             else:
                 cells.append("not measured")
         rows.append([row_name(model, method)] + cells)
-    return markdown(["method"] + [f"{DATASET_NAMES.get(d, d)}: wall time per run (training + test evaluation; "
+    return markdown(["method"] + [f"{dataset_name(d, base)}: wall time per run (training + test evaluation; "
                                   "Elastix: registering the test pairs)" for d in datasets], rows)
 
 
@@ -289,6 +375,13 @@ def report_table1(runs, base, root, profile, skipped, args, name="table1", title
         notes.insert(0, "- The rows were measured over different numbers of seeds (last columns), i.e. on "
                         "different phantoms: the undeformed row pools every seed, and rows are comparable, "
                         "and the ranks meaningful, only over the same seeds (`--seeds`).")
+    per_structure = structure_tables(runs, base, root, profile, datasets)
+    if per_structure:
+        text += ("\nPer structure, in px (of the network grid, the paper's unit) and mm (from each pair's "
+                 "voxel spacing, where the data has one); mean ± std over the pooled test pairs on which "
+                 "the structure is labelled in both frames. 'empty warped': pairs whose warped ED "
+                 "structure is empty (Dice 0; their surface metrics are left out of the means, "
+                 "`eval.empty_penalty=\"nan\"`, or set to the crop diagonal, `\"diagonal\"`).\n" + per_structure)
     md = [f"# {title or 'Table 1: contour metrics of the myocardium (ES vs warped ED)'}\n",
           _setting(runs, base, root, profile), text,
           "\nWall time per run (this machine, the median over seeds: a run made while the machine was busy takes longer):\n", cost_table(runs, base, root, profile, datasets)]
@@ -314,17 +407,21 @@ def report_table3(runs, base, root, profile, skipped, args) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ Table 2
+NO_TEST = dict(t=math.nan, p=math.nan, n=0, mean_diff=math.nan, mean_a=math.nan, mean_b=math.nan,
+               n_pairs=0, p_pairs=math.nan, a_better=0)
+
+
 def paired(runs_a, runs_b, root, metric="dice") -> dict:
-    """compare.compare's pairing of two run lists (seed by seed, pair by pair_id); NaN result if none."""
+    """compare.compare of two run lists, paired replicate by replicate ((seed, fold)) and pair by
+    pair_id, with the patient as the unit of the test; NaN result if none."""
     from hetreg_jax import compare
 
-    seeds = sorted({r.seed for r in runs_a} & {r.seed for r in runs_b})
-    a = [next(r for r in runs_a if r.seed == s).path(root) for s in seeds]
-    b = [next(r for r in runs_b if r.seed == s).path(root) for s in seeds]
-    if not seeds:
-        return dict(t=math.nan, p=math.nan, n=0, mean_diff=math.nan, mean_a=math.nan, mean_b=math.nan)
-    result = compare.compare(",".join(a), ",".join(b), [metric])["metrics"].get(metric)
-    return result or dict(t=math.nan, p=math.nan, n=0, mean_diff=math.nan, mean_a=math.nan, mean_b=math.nan)
+    replicates = sorted({(r.seed, r.fold) for r in runs_a} & {(r.seed, r.fold) for r in runs_b}, key=str)
+    a = [next(r for r in runs_a if (r.seed, r.fold) == k).path(root) for k in replicates]
+    b = [next(r for r in runs_b if (r.seed, r.fold) == k).path(root) for k in replicates]
+    if not replicates:
+        return dict(NO_TEST)
+    return compare.compare(",".join(a), ",".join(b), [metric])["metrics"].get(metric) or dict(NO_TEST)
 
 
 def _p(value: float) -> str:
@@ -347,15 +444,21 @@ def report_table2(runs, base, root, profile, skipped, args) -> list[str]:
                     continue
                 t = paired(ours, other, root)
                 paper = PAPER_TABLE2.get((dataset, model), "–") if method == "mse" else "–"
-                rows.append([DATASET_NAMES.get(dataset, dataset), MODEL_NAMES.get(model, model),
+                rows.append([dataset_name(dataset, base), MODEL_NAMES.get(model, model),
                              METHOD_NAMES.get(method, method),
                              "–" if math.isnan(t["mean_diff"]) else f"{t['mean_diff']:+.2f}",
-                             "–" if math.isnan(t["t"]) else f"{t['t']:.2f}", _p(t["p"]), str(t["n"]), paper])
+                             "–" if math.isnan(t["t"]) else f"{t['t']:.2f}", _p(t["p"]), str(t["n"]),
+                             f"{t['a_better']}/{t['n']}", _p(t["p_pairs"]), str(t["n_pairs"]), paper])
     text = ["# Table 2: paired t-tests of ours against each baseline (Dice)\n", _setting(runs, base, root, profile),
-            "Paired by (seed, pair id) over the seeds both runs finished (scipy `ttest_rel`, two-sided); "
-            "Δ = mean Dice of ours − the baseline's, in points. The paper reports only ours vs the MSE "
-            "network of the same architecture.\n",
-            markdown(["data", "network", "baseline", "Δ Dice (points)", "t", "p", "n pairs", "paper's p"], rows)]
+            "The unit of the test is the patient (the subject; on phantoms, which every seed draws anew, "
+            "(seed, subject)): each patient's pairs are averaged, over every seed and fold that tested "
+            "it, on each side, and scipy `ttest_rel` (two-sided) runs over the patients. Δ = mean over "
+            "patients of ours − the baseline, in Dice points; 'ours better' counts the patients. The "
+            "pair-level test (pairs pooled as independent, the paper's, which overstates the evidence "
+            "when one patient contributes many correlated slices) is shown for comparison. The paper "
+            "reports only ours vs the MSE network of the same architecture.\n",
+            markdown(["data", "network", "baseline", "Δ Dice (points)", "t", "p (patients)", "n patients",
+                      "ours better", "p (pairs)", "n pairs", "paper's p"], rows)]
     path = _write_markdown(root, "table2.md", text, runs, skipped)
     return [path]
 
@@ -379,7 +482,7 @@ def report_table4(runs, base, root, profile, skipped, args) -> list[str]:
         marked = mark(columns, [h for _ in datasets for _, _, h in CONTOUR])
         rows = [[f"ours (γ = {g:g})"] + [marked[c][i] for c in range(len(columns))] for i, g in enumerate(gammas)]
         blocks.append(f"{MODEL_NAMES.get(model, model)}:\n\n" + markdown(
-            ["γ"] + [f"{DATASET_NAMES.get(d, d)} {label}" for d in datasets for _, label, _ in CONTOUR], rows))
+            ["γ"] + [f"{dataset_name(d, base)} {label}" for d in datasets for _, label, _ in CONTOUR], rows))
     paper_rows = [[f"ours (γ = {g:g})"] + [("–" if math.isnan(v) else f"{v:.2f}") for v in PAPER_TABLE4.get(g, [math.nan] * 6)]
                   for g in gammas]
     text = ["# Table 4: effect of γ (the SNR exponent of ours)\n", _setting(runs, base, root, profile),
@@ -410,7 +513,7 @@ def report_noise(runs, base, root, profile, skipped, args) -> list[str]:
             tests = [paired(by_method.get("ours", []), by_method.get("mse", []), root, metric)
                      for metric in ("dice", "epe")] if "ours" in methods and "mse" in methods else []
             p_cells = [f"{t['mean_diff']:+.3f} (p {_p(t['p'])}, n {t['n']})" if t["n"] else "–" for t in tests]
-            rows.append([DATASET_NAMES.get(d, d), f"{s:g}"] + cells + p_cells)
+            rows.append([dataset_name(d, base), f"{s:g}"] + cells + p_cells)
     header = ["data", "noise scale"] + [f"{METHOD_NAMES.get(m, m)} {label}" for m in methods
                                         for label in ("Dice %", "EPE px")]
     if "ours" in methods and "mse" in methods:
@@ -458,7 +561,7 @@ def report_table5(runs, base, root, profile, skipped, args) -> list[str]:
             paper = PAPER_TABLE5.get(key)
             offset = PAPER_DATASETS.index(d) * 3 if paper and d in PAPER_DATASETS else None
             published = " / ".join(f"{v:g}" for v in paper[offset:offset + 3]) if offset is not None else "–"
-            rows.append([DATASET_NAMES.get(d, d), name, z, i] + cells + [published])
+            rows.append([dataset_name(d, base), name, z, i] + cells + [published])
     header = ["data", "row", "σ_z", "σ_I"] + [label for _, label, _ in TABLE5_METRICS] + ["paper Dice / HD / ASD"]
     text = ["# Table 5: displacement uncertainty (VoxelMorph)\n", _setting(runs, base, root, profile),
             "σ_z AUSE: sparsification of the squared true endpoint error ranked by σ_z; σ_z ECE: 10 equal-count "

@@ -383,6 +383,57 @@ def paired_ttest(a, b) -> dict:
     return dict(t=float(result.statistic), p=float(result.pvalue), n=n, mean_diff=mean_diff)
 
 
+def unit_means(units, values) -> tuple[list, np.ndarray]:
+    """``(sorted unit keys, mean of values per unit)``, NaN values ignored (a unit with only NaN gets NaN)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    keys = sorted(set(units), key=str)
+    index = {k: i for i, k in enumerate(keys)}
+    sums, counts = np.zeros(len(keys)), np.zeros(len(keys))
+    for unit, value in zip(units, values):
+        if not np.isnan(value):
+            sums[index[unit]] += value
+            counts[index[unit]] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return keys, np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def unit_ttest(units, a, b) -> dict:
+    """Paired t-test with the unit (e.g. the patient) as the unit of analysis.
+
+    ``units[i]`` names the unit of the i-th paired observation ``(a[i], b[i])`` (e.g. the patient
+    of a slice, over every seed that tested it). Observations where either value is NaN are dropped;
+    the rest are averaged per unit, on each side, and ``scipy.stats.ttest_rel`` runs over the units.
+    Returns ``dict(t, p, n, mean_diff, n_obs, a_better, p_obs)``: ``n`` units, ``mean_diff`` the mean
+    over units of ``mean(a) - mean(b)``, ``n_obs`` observations kept, ``a_better`` the number of
+    units whose mean ``a`` exceeds their mean ``b``, and ``p_obs`` the observation-level test's p
+    (pooling correlated observations as independent: it overstates the evidence; reported only
+    for comparison with papers that use it).
+    """
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    units = list(units)
+    if not (a.size == b.size == len(units)):
+        raise ValueError(f"units, a and b differ in length: {len(units)}, {a.size}, {b.size}")
+    keep = ~(np.isnan(a) | np.isnan(b))
+    kept_units = [u for u, k in zip(units, keep) if k]
+    _, mean_a = unit_means(kept_units, a[keep])
+    _, mean_b = unit_means(kept_units, b[keep])
+    test = paired_ttest(mean_a, mean_b)
+    return dict(t=test["t"], p=test["p"], n=test["n"], mean_diff=test["mean_diff"], n_obs=int(keep.sum()),
+                a_better=int(np.sum(mean_a > mean_b)), p_obs=paired_ttest(a, b)["p"])
+
+
+def replicate_summary(replicates, values) -> dict:
+    """Seeds as replicate trainings: ``dict(mean, sd, n, means)`` of the per-replicate means of
+    ``values`` (``replicates[i]`` names the seed of value i; NaN ignored); ``sd`` with ddof=1
+    (NaN for one replicate)."""
+    keys, means = unit_means(replicates, values)
+    means = means[~np.isnan(means)]
+    sd = float(np.std(means, ddof=1)) if means.size > 1 else float("nan")
+    return dict(mean=float(means.mean()) if means.size else float("nan"), sd=sd, n=int(means.size),
+                means=[float(m) for m in means])
+
+
 def summarize(values) -> dict:
     """``dict(mean, std, n, n_nan)`` of per-pair values, ignoring ``NaN``.
 

@@ -41,26 +41,38 @@ def say(*parts) -> None:
 
 
 # (key, label, unit) of the test table, in the order printed.
-SUMMARY_ROWS = (("dice", "Dice", "%"), ("hd", "Hausdorff", "px"), ("hd95", "HD95", "px"),
-                ("asd", "ASD", "px"), ("assd", "ASSD", "px"), ("folding_percent", "folding", "%"),
-                ("epe", "EPE (myocardium)", "px"))
+SUMMARY_ROWS = (("folding_percent", "folding", "%"), ("epe", "EPE (myocardium)", "px"))
+CONTOUR_ROWS = (("dice", "Dice", "%"), ("hd", "Hausdorff", "px"), ("hd_mm", "Hausdorff", "mm"),
+                ("hd95", "HD95", "px"), ("hd95_mm", "HD95", "mm"), ("asd", "ASD", "px"), ("asd_mm", "ASD", "mm"),
+                ("assd", "ASSD", "px"), ("assd_mm", "ASSD", "mm"))
 
 
 def print_summary(summary: dict, outdir: str | None = None) -> None:
-    """The test summary as a table with units: registered vs undeformed mean ± std, the AUSE of the
-    variance net, and where the reports are."""
+    """The test summary as a table with units: registered vs undeformed mean ± std per structure
+    (the myocardium first; px and, where the data has a spacing, mm; ``[k NaN]`` marks k pairs
+    whose warped structure was empty), the AUSE of the variance net, and where the reports are."""
 
     def fmt(s, digits=2):
         return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}" if s and s["mean"] == s["mean"] else "n/a"
     step = summary.get("checkpoint_step")
     say(f"test pairs: {summary['n_evaluated']} evaluated, {summary['n_excluded']} excluded"
         + (f" (checkpoint of step {step})" if step is not None else ""))
-    say(f"  {'metric':22s} {'registered':>18s} {'undeformed':>18s}")
+    say(f"  {'metric':26s} {'registered':>18s} {'undeformed':>18s}")
+    structures = summary.get("structures") or {"myo": {"name": "myocardium", **summary}}
+    for info in structures.values():
+        if not info.get("n_pairs", 1):
+            continue
+        name = info.get("name", "")
+        for key, label, unit in CONTOUR_ROWS:
+            if key in info:
+                nan = info[key].get("n_nan", 0)
+                say(f"  {f'{name} {label} ({unit})':26s} {fmt(info[key]):>18s} {fmt(info['undeformed'][key]):>18s}"
+                    + (f"   [{nan} NaN: empty warped {name}]" if nan else ""))
     for key, label, unit in SUMMARY_ROWS:
         if key in summary:
-            say(f"  {f'{label} ({unit})':22s} {fmt(summary[key]):>18s} {fmt(summary['undeformed'][key]):>18s}")
+            say(f"  {f'{label} ({unit})':26s} {fmt(summary[key]):>18s} {fmt(summary['undeformed'][key]):>18s}")
     if "ause" in summary:
-        say(f"  {'AUSE of log σ²':22s} {fmt(summary['ause'], 4):>18s}   (sparsification vs the squared residual)")
+        say(f"  {'AUSE of log σ²':26s} {fmt(summary['ause'], 4):>18s}   (sparsification vs the squared residual)")
     for key, label, note in (("sigma_i_spearman", "σ_I Spearman", "predicted vs true log σ² (phantoms)"),
                              ("sigma_i_median_ratio", "σ_I median ratio", "σ_pred / σ_true (phantoms)"),
                              ("sigma_z_mean", "mean σ_z (px)", "predicted displacement std"),
@@ -68,7 +80,7 @@ def print_summary(summary: dict, outdir: str | None = None) -> None:
                              ("sigma_z_ause_uninformed", "  uninformed (px²)", "the same, flat ranking"),
                              ("sigma_z_ece", "σ_z ECE (px)", "calibration error, 10 bins")):
         if key in summary:
-            say(f"  {label:22s} {fmt(summary[key], 3):>18s}   ({note})")
+            say(f"  {label:26s} {fmt(summary[key], 3):>18s}   ({note})")
     if outdir is not None:
         names = [n for n in ("test_metrics.json", "test_per_pair.csv", "test_examples.png", "curves.png",
                              "uncertainty.png", "sigma_z_calibration.png")

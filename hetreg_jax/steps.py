@@ -365,13 +365,23 @@ class Trainer:
         if "velocity_log_var" in motion:
             out["sigma_z"] = velocity_sigma_to_displacement(motion["velocity_log_var"], moving.shape[1:-1],
                                                             self.config.motion.int_downsize)
-        if "moving_myo" in batch:
-            out["warped_myo"] = spatial.warp(batch["moving_myo"], disp)
+        if "moving_labels" in batch:  # [B, *S, K] structure masks, warped linearly
+            out["warped_labels"] = spatial.warp(batch["moving_labels"], disp)
         if self.variance_model is not None:
             log_var = self._log_var(state.variance_params, warped, fixed)
             out["log_var"] = log_var
         if self.variance_model is not None and not self.method.joint:  # the weight "ours" trains with
-            out["weight"] = losses.snr_weight(fixed, log_var, self.config.loss.gamma,
-                                              form=self.config.loss.snr_form, mask=self._mask(moving, fixed),
-                                              scope=self.config.loss.minmax_scope)
+            out["weight"] = self._sample_weight(fixed, log_var, self._mask(moving, fixed))
         return out
+
+    def _sample_weight(self, fixed, log_var, mask):
+        """The SNR weight map of each sample on its own: the min-max normalisation runs over one
+        sample (training normalises over the batch tensor, as the authors' code), so a slice's map
+        does not depend on what else is in the inference batch."""
+        cfg = self.config.loss
+
+        def one(f, lv, m):
+            m = None if m is None else m[None]
+            return losses.snr_weight(f[None], lv[None], cfg.gamma, form=cfg.snr_form, mask=m,
+                                     scope=cfg.minmax_scope)[0]
+        return jax.vmap(one)(fixed, log_var, mask)

@@ -46,9 +46,13 @@ def test_comma_separated_runs_are_paired_by_position_and_pooled(tmp_path):
         _write_run(str(tmp_path / name), [{"pair_id": f"p{i}", "dice": v, "hd": 0.0} for i, v in enumerate(values)])
     runs = lambda *n: ",".join(str(tmp_path / x) for x in n)  # noqa: E731
     result = compare.compare(runs("a1", "a2"), runs("b1", "b2"), ["dice"])
-    assert result["n_common"] == 4
-    expected = stats.ttest_rel([1.0, 2.0, 3.0, 5.0], [0.5, 1.0, 2.0, 3.5])
+    assert result["n_common"] == 4 and result["n_patients"] == 2
+    # p0 and p1 are tested in both runs (e.g. two seeds): each counts once, with its mean.
+    expected = stats.ttest_rel([2.0, 3.5], [1.25, 2.25])
     assert result["metrics"]["dice"]["t"] == pytest.approx(expected.statistic)
+    assert result["metrics"]["dice"]["n"] == 2 and result["metrics"]["dice"]["n_pairs"] == 4
+    pooled = stats.ttest_rel([1.0, 2.0, 3.0, 5.0], [0.5, 1.0, 2.0, 3.5])
+    assert result["metrics"]["dice"]["p_pairs"] == pytest.approx(pooled.pvalue)
     with pytest.raises(ValueError, match="different numbers"):
         compare.compare(runs("a1", "a2"), runs("b1"), ["dice"])
 
