@@ -100,17 +100,37 @@ def finished(run, base, root, profile) -> bool:
     return experiments.is_finished(run.path(root), experiments.run_config(base, run, profile))
 
 
+def structure_of(key: str) -> str | None:
+    """The structure a per-pair contour column scores (``hd`` -> ``myo``, ``undeformed_asd_lv_mm`` ->
+    ``lv``), None for other columns."""
+    from hetreg_jax import evaluation
+
+    base = key.removeprefix("undeformed_").removesuffix("_mm")
+    for metric in evaluation.CONTOUR_KEYS:
+        if base == metric:
+            return "myo"
+        if base.startswith(metric + "_"):
+            return base[len(metric) + 1:]
+    return None
+
+
 def pooled(runs, root, key: str) -> np.ndarray:
-    """Per-pair values of ``key`` pooled over ``runs`` (the finished ones)."""
-    values = [row[key] for run in runs for row in (read_rows(run.path(root)) or []) if key in row]
+    """Per-pair values of ``key`` pooled over ``runs`` (the finished ones); for a contour column,
+    over the pairs on which its structure is labelled in both frames (NaN: an empty prediction)."""
+    structure = structure_of(key)
+    values = [row[key] for run in runs for row in (read_rows(run.path(root)) or [])
+              if key in row and row.get(f"status_{structure}") != "absent"]
     return np.asarray(values, dtype=np.float64)
 
 
 def cell(values: np.ndarray, digits: int = 2) -> tuple[float, str]:
+    """``mean ± std`` over the non-NaN values, and ``[k NaN]`` when k values are NaN (e.g. the HD of
+    an empty warped structure, left out of the mean)."""
     if values.size == 0 or np.all(np.isnan(values)):
         return math.nan, "not measured"
     s = metrics.summarize(values)
-    return s["mean"], f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+    nan = f" [{s['n_nan']} NaN]" if s["n_nan"] else ""
+    return s["mean"], f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}{nan}"
 
 
 def mark(columns: list[list[tuple[float, str]]], higher_better: list[bool], skip_rows=()) -> list[list[str]]:

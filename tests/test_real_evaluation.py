@@ -255,3 +255,77 @@ def test_the_inference_weight_of_a_slice_is_the_same_alone_and_in_a_batch():
     alone = jax.device_get(trainer.predict(state, {k: np.repeat(v[:1], 4, axis=0) for k, v in batch.items()}))
     np.testing.assert_allclose(together[0], alone["weight"][0], rtol=0, atol=1e-6)
     assert together[0].max() == pytest.approx(1 / (1 + math.exp(-1)), abs=1e-5)  # each sample spans [0.5, 0.73]
+
+
+# ------------------------------------------------------------------------------------ the runner on a dataset folder
+@pytest.fixture(scope="module")
+def acdc_table(tmp_path_factory):
+    from hetreg_jax.data import layouts
+
+    data = str(tmp_path_factory.mktemp("acdc_layout"))
+    layouts.write_acdc(data, subjects=6, size=(40, 40), slices=2)
+    root = str(tmp_path_factory.mktemp("acdc_runs"))
+    base = make_tiny_config(**{"data.root": data, "data.folds": 3, "num_steps": 2, "checkpoint_every": 2})
+    profile = experiments.Profile("paper", {})
+    paths = experiments.run_table("1", base, root, profile, seeds=[0], models=["voxelmorph"],
+                                  methods=["mse", "ours"], folds=[0], figures=False, say=lambda *a: None)
+    paths += experiments.run_table("2", base, root, profile, seeds=[0], models=["voxelmorph"],
+                                   methods=["mse", "ours"], folds=[0], figures=False, say=lambda *a: None)
+    return data, root, paths
+
+
+def test_the_runner_on_an_acdc_folder_writes_per_structure_px_and_mm_tables(acdc_table):
+    data, root, paths = acdc_table
+    run = os.path.join(root, "acdc", "voxelmorph", "ours", "seed0_fold0")
+    summary = json.load(open(os.path.join(run, "eval", "test_metrics.json")))
+    assert summary["eval_version"] == evaluation.EVAL_VERSION and "epe" not in summary  # no true motion
+    assert set(summary["structures"]) == {"myo", "lv", "rv"} and "hd_mm" in summary["structures"]["lv"]
+    tested = {row["subject"] for row in csv.DictReader(open(os.path.join(run, "eval", "test_per_pair.csv")))}
+    names = [f"patient{i:03d}" for i in range(1, 7)]
+    assert sorted(tested) == pipeline.fold_splits(names, 0, 3, 0)["test"]
+    text = open(os.path.join(root, "table1.md"), encoding="utf-8").read()
+    assert "ACDC (real)" in text and "3-fold cross-validation" in text and "phantoms" not in text.split("\n")[2]
+    for heading in (", myocardium:", ", LV cavity:", ", RV cavity:"):
+        assert heading in text
+    assert "| HD mm |" in text or " HD mm |" in text
+    table2 = open(os.path.join(root, "table2.md"), encoding="utf-8").read()
+    line = next(x for x in table2.splitlines() if "| MSE |" in x)
+    assert line.split("|")[7].strip() == str(len(tested))  # n patients
+
+
+def test_a_stale_evaluation_is_redone_without_training(acdc_table):
+    data, root, _ = acdc_table
+    run = os.path.join(root, "acdc", "voxelmorph", "mse", "seed0_fold0")
+    path = os.path.join(run, "eval", "test_metrics.json")
+    old = json.load(open(path))
+    old.pop("eval_version")
+    json.dump(old, open(path, "w"))
+    assert experiments.stale_evaluation(run)
+    calls = []
+    base = make_tiny_config(**{"data.root": data, "data.folds": 3, "num_steps": 2, "checkpoint_every": 2})
+
+    def counted(config, workdir):
+        calls.append(workdir)
+        return experiments.train_run(config, workdir)
+
+    experiments.run_table("1", base, root, "paper", seeds=[0], models=["voxelmorph"], methods=["mse"],
+                          folds=[0], figures=False, train_fn=counted, say=lambda *a: None)
+    assert calls == [run] and not experiments.stale_evaluation(run)
+    assert json.load(open(path))["checkpoint_step"] == 2  # evaluated at the final checkpoint, not retrained
+
+
+# ------------------------------------------------------------------------------------ the real ACDC copy, when present
+REAL_ACDC = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "acdc")
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(REAL_ACDC, "training")), reason="no real ACDC copy beside the repo")
+def test_real_acdc_folds_test_each_patient_once_with_all_three_structures():
+    from hetreg_jax.data import acdc
+
+    names = [os.path.basename(f) for f in acdc.patient_folders(os.path.join(REAL_ACDC, "training"))]
+    tested = [n for k in range(5) for n in pipeline.fold_splits(names, 0, 5, k)["test"]]
+    assert sorted(tested) == sorted(names) and len(names) >= 5
+    pairs = acdc.load_patient(os.path.join(REAL_ACDC, "training", names[0]), (128, 128))
+    labels = np.stack([p["fixed_label"] for p in pairs])
+    assert set(np.unique(labels)) <= {0, 1, 2, 3} and {1, 2, 3} <= set(np.unique(labels))
+    assert all(np.all(p["spacing"] > 0) for p in pairs)
