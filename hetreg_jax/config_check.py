@@ -106,6 +106,7 @@ def validate_config(config) -> None:
     _check_choice(config, "loss.minmax_scope", losses.MINMAX_SCOPES)
     _check_choice(config, "eval.label_rule", LABEL_RULES)
     _check_choice(config, "eval.empty_penalty", EMPTY_PENALTIES)
+    _check_choice(config, "data.centre", ("label", "images"))
     if config.data.structures != "auto":
         from hetreg_jax.evaluation import parse_structures
 

@@ -76,6 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.slices_per_subject = 3   # short-axis slices per ACDC-like phantom subject
     c.data.folds = 0                # k-fold cross-validation by subject (>= 3; 0 = the layout's own split)
     c.data.fold = 0                 # with data.folds: the test fold (val = the next fold, train = the rest)
+    c.data.centre = "label"         # ACDC crop centre: "label" (ED myocardium centroid) or "images" (where ED and ES differ most)
     c.data.structures = "auto"      # scored label values, "name=label,..." ("auto": ACDC rv=1,myo=2,lv=3; CAMUS lv=1,myo=2,la=3)
     c.data.noise_scale = 1.0        # phantoms: multiplies the noise std (Rician sigma / speckle std); 0 = noise-free
     c.data.on_device = "auto"       # training images on the devices: "auto" (when they fit), "device", "host"

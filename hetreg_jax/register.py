@@ -4,7 +4,8 @@ The images are preprocessed like the training data of the config (``preprocessin
 
 - ``"crop"`` (ACDC layout or ``data.dataset="acdc"``): 3D ``[X, Y, Z]`` short-axis stacks of equal
   shape, registered slice by slice on a ``data.image_size`` crop centred on the ED (moving)
-  myocardium centroid of the mid slice when ``--moving_label`` is given, else on the slice centre;
+  myocardium centroid of the mid slice when ``--moving_label`` is given, else where the two images
+  differ most (``preprocess.motion_centre``: the beating heart; the centre is printed);
   the prediction is put back into the full slice: displacement 0 outside the crop, log-variance
   and weight NaN there (not predicted);
 - ``"resize"`` (CAMUS, paired volumes, ``echo3d``): ``len(data.image_size)``-D images resized to
@@ -92,7 +93,12 @@ def prepare(mode: str, moving: str, fixed: str, moving_label: str | None, image_
             raise nifti.DataError(moving, f"shape {m.data.shape} differs from the fixed image's {f.data.shape}"
                                           " (ACDC-style registration needs stacks of the same shape)")
         label = nifti.read_stack(moving_label, label=True, like=m).data if moving_label else None
-        centre = acdc.crop_centre(label) if label is not None else tuple((n - 1) / 2 for n in f.data.shape[:2])
+        if label is not None:
+            centre = acdc.crop_centre(label)
+        else:
+            centre = preprocess.motion_centre(m.data, f.data, f.spacing[:2])
+            print(f"no --moving_label: the {size[0]}x{size[1]} crop is centred where ED and ES differ most, "
+                  f"voxel ({centre[0]:.0f}, {centre[1]:.0f}) of the fixed image")
         pairs = acdc.slice_pairs(m.data, f.data, label, None, centre, size)
         return Inputs(m, f, label, _as_pair_set(pairs, size), preprocess.crop_start(centre, size),
                       single_slice=len(f.file_shape) == 2)

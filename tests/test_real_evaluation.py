@@ -329,3 +329,34 @@ def test_real_acdc_folds_test_each_patient_once_with_all_three_structures():
     labels = np.stack([p["fixed_label"] for p in pairs])
     assert set(np.unique(labels)) <= {0, 1, 2, 3} and {1, 2, 3} <= set(np.unique(labels))
     assert all(np.all(p["spacing"] > 0) for p in pairs)
+
+
+# ------------------------------------------------------------------------------------ label-free centring
+def test_motion_centre_finds_the_region_that_changes_between_ed_and_es():
+    from hetreg_jax.data import preprocess
+
+    x, y = np.meshgrid(np.arange(96), np.arange(80), indexing="ij")
+    body = ((x - 48) ** 2 / 40 ** 2 + (y - 40) ** 2 / 34 ** 2 < 1).astype(np.float32) * 0.5
+    ed = body + 0.5 * ((x - 30) ** 2 + (y - 52) ** 2 < 12 ** 2)  # the "LV" contracts from r 12 to 7
+    es = body + 0.5 * ((x - 30) ** 2 + (y - 52) ** 2 < 7 ** 2)
+    stack = lambda a: np.repeat(a[..., None], 3, axis=-1) * 900  # noqa: E731 (raw units; 3 slices)
+    centre = preprocess.motion_centre(stack(ed), stack(es), spacing=(1.5, 1.5))
+    assert np.hypot(centre[0] - 30, centre[1] - 52) <= 1.0
+    # The smoothing is in mm: at 4.5 mm voxels (sigma 2.2 voxels) the maximum sits on the changing
+    # ring (radius 7 to 12 voxels), not at its centre.
+    ring = np.hypot(*np.subtract(preprocess.motion_centre(stack(ed), stack(es), (4.5, 4.5)), (30, 52)))
+    assert 6.0 <= ring <= 13.0
+
+
+def test_image_centring_of_an_acdc_folder_needs_no_label(tmp_path):
+    from hetreg_jax.data import acdc, layouts
+
+    layouts.write_acdc(str(tmp_path), subjects=1, size=(96, 96), slices=3)
+    folder = os.path.join(str(tmp_path), "training", "patient001")
+    by_label = acdc.load_patient(folder, (48, 48))
+    by_images = acdc.load_patient(folder, (48, 48), centre="images")
+    # Either way the ES myocardium lies in the crop.
+    for pairs in (by_label, by_images):
+        assert all((p["fixed_label"] == 2).sum() > 0 for p in pairs if (p["moving_label"] == 2).any())
+    with pytest.raises(ValueError, match="data.centre"):
+        acdc.subjects(str(tmp_path), (48, 48), 0, centre="middle")

@@ -12,7 +12,9 @@
 Labels 1 RV cavity, 2 myocardium, 3 LV cavity. Each short-axis slice ``z`` (array axis 2) gives
 one pair: moving = ED slice, fixed = ES slice. Preprocessing (no resampling): the crop centre is
 the centroid of the ED myocardium on the mid slice ``Z // 2`` (the nearest slice with myocardium
-if that one has none), computed once per patient and used for every slice of both frames; a
+if that one has none; ``data.centre="label"``), or, with ``data.centre="images"``, where ED and ES
+differ most (``preprocess.motion_centre``: no label needed, as when registering a new scan),
+computed once per patient and used for every slice of both frames; a
 ``data.image_size`` window around it is cut from each slice, zero-padded where it leaves the
 image (``preprocess.crop``); then each 2D crop is min-max normalised on its own. Slices whose ED
 or ES myocardium is empty stay in the dataset (evaluation lists them as excluded).
@@ -79,8 +81,13 @@ def patient_folders(folder: str) -> list[str]:
                   if _PATIENT.match(d) and os.path.isdir(os.path.join(folder, d)))
 
 
-def subjects(root: str, image_size, seed: int) -> list[Subject]:
+CENTRES = ("label", "images")
+
+
+def subjects(root: str, image_size, seed: int, centre: str = "label") -> list[Subject]:
     """The patients of ``root`` with their split (see the module docstring)."""
+    if centre not in CENTRES:
+        raise ValueError(f"config.data.centre={centre!r}: one of {', '.join(CENTRES)}")
     if len(image_size) != 2:
         raise ValueError(f"ACDC slices are 2D: config.data.image_size must have 2 entries, got {image_size}")
     training = patient_folders(os.path.join(root, "training"))
@@ -99,7 +106,8 @@ def subjects(root: str, image_size, seed: int) -> list[Subject]:
     out = []
     for split, names in zip(("train", "val", "test"), groups):
         for name in names:
-            out.append(Subject(name, split, functools.partial(load_patient, by_name[name], tuple(image_size))))
+            out.append(Subject(name, split, functools.partial(load_patient, by_name[name], tuple(image_size),
+                                                              centre)))
     return out
 
 
@@ -152,11 +160,15 @@ def slice_pairs(ed: np.ndarray, es: np.ndarray, ed_label, es_label, centre, size
     return pairs
 
 
-def load_patient(folder: str, image_size) -> list[dict]:
-    """Every slice pair of the patient in ``folder`` (see ``slice_pairs``)."""
+def load_patient(folder: str, image_size, centre: str = "label") -> list[dict]:
+    """Every slice pair of the patient in ``folder`` (see ``slice_pairs``), cropped around the ED
+    myocardium (``centre="label"``) or where ED and ES differ most (``"images"``)."""
     v = read_frames(folder)
     name = os.path.basename(folder)
-    centre = crop_centre(v["ed_gt"].data)
+    if centre == "images":
+        centre = preprocess.motion_centre(v["ed"].data, v["es"].data, v["ed"].spacing[:2])
+    else:
+        centre = crop_centre(v["ed_gt"].data)
     pairs = slice_pairs(v["ed"].data, v["es"].data, v["ed_gt"].data, v["es_gt"].data, centre, image_size)
     for z, pair in enumerate(pairs):
         pair.update(subject=name, pair_id=f"{name}_slice{z:02d}",

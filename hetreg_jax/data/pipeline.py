@@ -160,7 +160,8 @@ def load_dataset(config, strict: bool = True) -> tuple[dict[str, dict], dict]:
     loader = importlib.import_module(f"hetreg_jax.data.{layout}")
     pairs: dict[str, list] = {name: [] for name in SPLITS}
     skipped = []
-    for subject in loader.subjects(root, tuple(data.image_size), config.seed):
+    options = {"centre": data.centre} if layout == "acdc" else {}  # where the ACDC crop is centred
+    for subject in loader.subjects(root, tuple(data.image_size), config.seed, **options):
         try:
             pairs[subject.split].extend(subject.load())
         except DataError as exc:
