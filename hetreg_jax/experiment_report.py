@@ -199,7 +199,7 @@ def _setting(runs, base, root, profile) -> str:
         return ""
     config = experiments.run_config(base, trained[0], profile)
     seeds = sorted({r.seed for r in runs})
-    folds = sorted({r.fold for r in runs if r.fold is not None})
+    folds = sorted({r.fold for r in runs if r.fold is not None and finished(r, base, root, profile)})
     size = "x".join(map(str, config.data.image_size))
     if config.data.root is None:
         data = f"{size} phantoms, {config.data.synthetic_subjects} subjects"
@@ -207,8 +207,8 @@ def _setting(runs, base, root, profile) -> str:
     else:
         data = f"real data in `{config.data.root}`, {size} crops"
         seeds_text = f"seeds {', '.join(map(str, seeds))} (each seed its own initialisation, data order and split)"
-    split = (f"; {config.data.folds}-fold cross-validation by patient, folds {', '.join(map(str, folds))} "
-             f"run (test = fold k, validation = fold k + 1)" if folds else "")
+    split = (f"; {config.data.folds}-fold cross-validation by patient (test = fold k, validation = fold k + 1), "
+             f"folds finished: {', '.join(map(str, folds)) or 'none'}" if config.data.folds else "")
     return (f"Profile `{profile}`: {data}, {config.num_steps} steps, batch {config.batch_size}, "
             f"lr {config.optim.motion_lr:g}; {seeds_text}{split}; mean ± std over the test pairs pooled "
             "over the seeds and folds.\n")
