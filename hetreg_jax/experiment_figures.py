@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from hetreg_jax.experiment_report import DATASET_NAMES, METHOD_NAMES, finished, read_summary, row_name
+from hetreg_jax.experiment_report import METHOD_NAMES, dataset_name, finished, read_summary, row_name
 
 MYOCARDIUM = 2
 FIG2_PAIRS = 3
@@ -96,8 +96,11 @@ def fig2(runs, base, root, profile) -> str | None:
     test_pairs, picked = {}, {}
     for d in datasets:
         test_pairs[d] = _test_pairs(next(r for r in done if r.dataset == d and r.seed == seed), base, profile)
-        n = len(test_pairs[d]["pair_id"])
-        picked[d] = np.unique(np.linspace(0, n - 1, min(FIG2_PAIRS, n)).round().astype(int))
+        pairs = test_pairs[d]  # drawn from the pairs whose myocardium is labelled in both frames
+        both = np.flatnonzero([(pairs["moving_label"][i] == MYOCARDIUM).any() and
+                               (pairs["fixed_label"][i] == MYOCARDIUM).any() for i in range(len(pairs["pair_id"]))])
+        both = both if both.size else np.arange(len(pairs["pair_id"]))
+        picked[d] = both[np.unique(np.linspace(0, both.size - 1, min(FIG2_PAIRS, both.size)).round().astype(int))]
     rows = [(d, k) for d in datasets for k in range(len(picked[d]))]
     width = max(2.2 * len(columns), 7.5)
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(width, 2.3 * len(rows) + 0.9), squeeze=False)
@@ -131,7 +134,7 @@ def fig2(runs, base, root, profile) -> str | None:
                 if k == 0:
                     ax.set_title(row_name(model, method), fontsize=10)
                 if c == 0:
-                    ax.set_ylabel(f"{DATASET_NAMES.get(d, d)}\n{pairs['pair_id'][i]}", fontsize=7)
+                    ax.set_ylabel(f"{dataset_name(d, base)}\n{pairs['pair_id'][i]}", fontsize=7)
     handles = [plt.Line2D([], [], color=TRUTH_COLOUR, lw=2, label="ES myocardium (ground truth)"),
                plt.Line2D([], [], color=WARPED_COLOUR, lw=2, label="ED myocardium warped by the column's method")]
     ncol = 2
@@ -166,10 +169,12 @@ def fig3(runs, base, root, profile) -> str | None:
         ours = min((r for r in done if r.dataset == d and r.method == "ours" and r.model == "voxelmorph"),
                    key=lambda r: r.seed)
         pairs = _test_pairs(ours, base, profile)
-        i = len(pairs["pair_id"]) // 2
+        with_myo = [k for k in range(len(pairs["pair_id"])) if (pairs["fixed_label"][k] == MYOCARDIUM).any()]
+        with_myo = with_myo or list(range(len(pairs["pair_id"])))
+        i = with_myo[len(with_myo) // 2]  # the middle test pair with an ES myocardium
         out = hetreg_jax.load(ours.path(root)).register(pairs["moving"][i, ..., 0], pairs["fixed"][i, ..., 0])
         view = (lambda a: a) if out["warped"].ndim == 2 else (lambda a: a[..., a.shape[-1] // 2])
-        maps = [(pairs["fixed"][i, ..., 0], f"{DATASET_NAMES.get(d, d)} fixed (ES)\n{pairs['pair_id'][i]}", "gray",
+        maps = [(pairs["fixed"][i, ..., 0], f"{dataset_name(d, base)} fixed (ES)\n{pairs['pair_id'][i]}", "gray",
                  "normalised intensity"),
                 (np.log10(np.maximum(pairs["noise_sigma"][i, ..., 0], 1e-6) ** 2), "true σ² of the phantom",
                  "viridis", "log₁₀ σ² (intensity²)") if "noise_sigma" in pairs else
@@ -207,7 +212,7 @@ def fig3(runs, base, root, profile) -> str | None:
             ax.plot(x, oracle, color=colour, ls="--", lw=1, label=f"{METHOD_NAMES[method]} oracle")
         ax.set_xlabel("fraction of pixels removed\n(largest predicted σ² first)")
         ax.set_ylabel("MSE of the rest (intensity²)")
-        ax.set_title(f"{DATASET_NAMES.get(d, d)}: sparsification of σ² (test mean)", fontsize=9)
+        ax.set_title(f"{dataset_name(d, base)}: sparsification of σ² (test mean)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -242,7 +247,7 @@ def noise_figure(results: dict, scales, methods, path: str) -> str | None:
             ax.set_xticklabels([f"{s:g}" for s in scales])
             ax.set_xlabel("noise scale (× the phantoms' noise std)")
             ax.set_ylabel(label)
-            ax.set_title(f"{DATASET_NAMES.get(d, d)}: {label} (mean ± s.e. over test pairs)", fontsize=9)
+            ax.set_title(f"{dataset_name(d)}: {label} (mean ± s.e. over test pairs)", fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
     fig.tight_layout()
@@ -291,7 +296,7 @@ def fig4(runs, base, root, profile) -> str | None:
     for k, i in enumerate(picks):
         row = axes[k]
         shown = row[0].imshow(view(fixed[k]), cmap="gray", vmin=0, vmax=1)
-        row[0].set_ylabel(f"{DATASET_NAMES.get(dataset, dataset)}\n{pairs['pair_id'][i]}", fontsize=7)
+        row[0].set_ylabel(f"{dataset_name(dataset, base)}\n{pairs['pair_id'][i]}", fontsize=7)
         panels = [(shown, row[0], "fixed (ES)", "intensity")]
         for m, (run, (sigma, error)) in enumerate(zip(models, maps)):
             name = FIG4_ROWS[(run.method, run.predict_sigma)]
