@@ -14,7 +14,9 @@ phantoms, which each seed draws anew, the unit is (seed, subject). The pair-leve
 counts the correlated slices of one patient as independent and overstates the evidence, is
 reported beside it as ``p_pairs`` (the paper's). Seeds are replicate trainings: ``seeds_a`` /
 ``seeds_b`` give the mean ± sd of the per-seed means. ``n_nan_a`` / ``n_nan_b`` count the common
-pairs whose value is NaN (e.g. HD of an empty warped structure).
+pairs whose value is NaN (e.g. HD of an empty warped structure); pairs on which a structure is not
+labelled in both frames (``status_<s>`` = ``absent``) are left out of its columns. ``a_better``
+counts the patients whose mean is higher in A (better for Dice, worse for a distance).
 
 Runs whose recorded image size, dataset or data root differ are refused, and so are runs with no
 pair in common (exit code 1). The last line is one strict JSON object (NaN written as null).
@@ -31,7 +33,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from hetreg_jax import metrics, workdir
+from hetreg_jax import evaluation, metrics, workdir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("metrics", ["dice", "hd", "hd95", "asd", "assd", "hd_mm", "hd95_mm", "asd_mm", "assd_mm", "dice_lv", "hd_lv",
@@ -108,10 +110,12 @@ def compare(run_a: str, run_b: str, names) -> dict:
     for name in names:
         if not any(name in a[p] for p in common) or not any(name in b[p] for p in common):
             continue
-        va = np.array([_value(a[p], name) for p in common])
-        vb = np.array([_value(b[p], name) for p in common])
-        test = metrics.unit_ttest([a[p]["_unit"] for p in common], va, vb)
-        seeds = [a[p]["_seed"] for p in common]
+        structure = evaluation.structure_of(name)  # pairs where it is not labelled in both frames: left out
+        scored = [p for p in common if "absent" not in (a[p].get(f"status_{structure}"), b[p].get(f"status_{structure}"))]
+        va = np.array([_value(a[p], name) for p in scored])
+        vb = np.array([_value(b[p], name) for p in scored])
+        test = metrics.unit_ttest([a[p]["_unit"] for p in scored], va, vb)
+        seeds = [a[p]["_seed"] for p in scored]
         out["metrics"][name] = {"mean_a": metrics.summarize(va)["mean"], "mean_b": metrics.summarize(vb)["mean"],
                                 "n_nan_a": int(np.isnan(va).sum()), "n_nan_b": int(np.isnan(vb).sum()),
                                 "t": test["t"], "p": test["p"], "n": test["n"], "mean_diff": test["mean_diff"],
@@ -132,7 +136,7 @@ def main(argv):
         sys.exit(1)
     print(f"A = {argv[1]}\nB = {argv[2]}\npaired pairs: {result['n_common']} of {result['n_patients']} patients "
           f"(only in A: {result['only_in_a']}, only in B: {result['only_in_b']}); the test's unit is the patient")
-    print(f"{'metric':10s} {'mean A':>9s} {'mean B':>9s} {'A - B':>9s} {'p':>9s} {'patients':>8s} {'A better':>8s} "
+    print(f"{'metric':10s} {'mean A':>9s} {'mean B':>9s} {'A - B':>9s} {'p':>9s} {'patients':>8s} {'A > B':>8s} "
           f"{'p pairs':>9s} {'pairs':>6s} {'NaN A,B':>8s}")
     for name, r in result["metrics"].items():
         print(f"{name:10s} {r['mean_a']:9.3f} {r['mean_b']:9.3f} {r['mean_diff']:9.3f} {r['p']:9.3g} {r['n']:8d} "

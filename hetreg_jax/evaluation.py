@@ -89,6 +89,18 @@ def key(metric: str, structure: str, mm: bool = False) -> str:
     return metric + ("" if structure == "myo" else f"_{structure}") + ("_mm" if mm else "")
 
 
+def structure_of(column: str) -> str | None:
+    """The structure a per-pair contour column scores (``hd`` -> ``myo``, ``undeformed_asd_lv_mm`` ->
+    ``lv``), None for other columns."""
+    base = column.removeprefix("undeformed_").removesuffix("_mm")
+    for metric in CONTOUR_KEYS:
+        if base == metric:
+            return "myo"
+        if base.startswith(metric + "_"):
+            return base[len(metric) + 1:]
+    return None
+
+
 def predict_pairs(trainer, state, pairs: Mapping, batch_size: int, labels=(("myo", MYOCARDIUM),)) -> dict[str, np.ndarray]:
     """Run the jitted predictor over every pair, in fixed-size batches (the last one padded).
 

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from hetreg_jax import metrics
+from hetreg_jax import evaluation, metrics
 
 CONTOUR = (("dice", "Dice %", True), ("hd", "HD px", False), ("asd", "ASD px", False))
 DATASET_NAMES = {"acdc": "ACDC-like", "camus": "CAMUS-like", "echo3d": "3D echo-like"}
@@ -100,24 +100,10 @@ def finished(run, base, root, profile) -> bool:
     return experiments.is_finished(run.path(root), experiments.run_config(base, run, profile))
 
 
-def structure_of(key: str) -> str | None:
-    """The structure a per-pair contour column scores (``hd`` -> ``myo``, ``undeformed_asd_lv_mm`` ->
-    ``lv``), None for other columns."""
-    from hetreg_jax import evaluation
-
-    base = key.removeprefix("undeformed_").removesuffix("_mm")
-    for metric in evaluation.CONTOUR_KEYS:
-        if base == metric:
-            return "myo"
-        if base.startswith(metric + "_"):
-            return base[len(metric) + 1:]
-    return None
-
-
 def pooled(runs, root, key: str) -> np.ndarray:
     """Per-pair values of ``key`` pooled over ``runs`` (the finished ones); for a contour column,
     over the pairs on which its structure is labelled in both frames (NaN: an empty prediction)."""
-    structure = structure_of(key)
+    structure = evaluation.structure_of(key)
     values = [row[key] for run in runs for row in (read_rows(run.path(root)) or [])
               if key in row and row.get(f"status_{structure}") != "absent"]
     return np.asarray(values, dtype=np.float64)
@@ -292,8 +278,6 @@ def structure_tables(runs, base, root, profile, datasets) -> str:
     the count of empty warped structures (their surface metrics are NaN and left out of the means
     unless ``eval.empty_penalty="diagonal"``), and the patient-level paired test of Dice against the
     MSE network of the same model."""
-    from hetreg_jax import evaluation
-
     done = [r for r in runs if finished(r, base, root, profile)]
     keys = [("", "undeformed")] + _method_rows(runs)
     blocks = []
