@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
+from hetreg_jax.data import structures
+
 MODELS = ("voxelmorph", "transmorph")
 MOTION_SCHEDULES = ("auto", "constant", "poly")
 LABEL_RULES = ("threshold", "reference")
@@ -108,9 +110,7 @@ def validate_config(config) -> None:
     _check_choice(config, "eval.empty_penalty", EMPTY_PENALTIES)
     _check_choice(config, "data.centre", ("label", "images"))
     if config.data.structures != "auto":
-        from hetreg_jax.evaluation import parse_structures
-
-        parse_structures(config.data.structures)
+        structures.parse(config.data.structures)
     _check_choice(config, "data.dataset", synthetic.KINDS)
     _check_choice(config, "data.on_device", DATA_PLACEMENTS)
     _check_choice(config, "steps_per_call_form", CHUNK_FORMS)

@@ -30,7 +30,6 @@ import csv
 import json
 import math
 import os
-import re
 from typing import Mapping
 
 import jax
@@ -39,6 +38,7 @@ import numpy as np
 from hetreg_jax import metrics, sharding, uncertainty
 from hetreg_jax.workdir import json_safe
 from hetreg_jax.data import pipeline
+from hetreg_jax.data import structures as structures_lib
 
 MYOCARDIUM = 2
 # The version of the per-pair reports: a run evaluated by an older version is evaluated again.
@@ -48,40 +48,17 @@ SURFACE_KEYS = CONTOUR_KEYS[1:]
 REGISTERED_KEYS = ("dice", "hd", "hd95", "asd", "assd", "folding_percent", "sd_log_jacobian", "epe",
                    "epe_image")
 UNCERTAINTY_KEYS = ("ause", "sparsification_mse0") + uncertainty.PAIR_KEYS
-# Label conventions (``data.structures="auto"``), by dataset layout or phantom kind.
-CONVENTIONS = {"acdc": "rv=1,myo=2,lv=3", "camus": "lv=1,myo=2,la=3", "echo3d": "lv=1,myo=2,la=3",
-               "pairs": "myo=2"}
-STRUCTURE_NAMES = {"myo": "myocardium", "lv": "LV cavity", "rv": "RV cavity", "la": "left atrium"}
-_NAME = re.compile(r"^[a-z][a-z0-9]*$")
-
-
-def parse_structures(text: str) -> list[tuple[str, int]]:
-    """``"rv=1,myo=2,lv=3"`` -> ``[("myo", 2), ("rv", 1), ("lv", 3)]`` (the myocardium first, the
-    others in the given order); one-line ``ValueError`` naming ``config.data.structures``."""
-    out: list[tuple[str, int]] = []
-    for item in str(text).split(","):
-        name, sep, value = item.strip().partition("=")
-        name = name.strip()
-        if not sep or not _NAME.match(name) or not value.strip().isdigit() or not 1 <= int(value) <= 255:
-            raise ValueError(f"config.data.structures={text!r}: expected 'name=label,...' with lower-case names "
-                             "and labels 1-255, e.g. 'rv=1,myo=2,lv=3'")
-        out.append((name, int(value)))
-    names, values = [n for n, _ in out], [v for _, v in out]
-    if len(set(names)) < len(names) or len(set(values)) < len(values):
-        raise ValueError(f"config.data.structures={text!r}: a name or a label appears twice")
-    return sorted(out, key=lambda nv: nv[0] != "myo")
+CONVENTIONS, STRUCTURE_NAMES = structures_lib.CONVENTIONS, structures_lib.NAMES
+parse_structures = structures_lib.parse
 
 
 def structures(config) -> list[tuple[str, int]]:
     """The scored ``(name, label value)`` of ``config.data.structures`` ("auto": the convention of
-    the dataset's layout, or of the phantom kind)."""
-    text = config.data.get("structures", "auto")
-    if text == "auto":
-        kind = config.data.dataset
-        if config.data.root is not None:
-            kind = pipeline.detect_layout(os.path.abspath(os.path.expanduser(config.data.root)), kind)
-        text = CONVENTIONS.get(kind, CONVENTIONS["pairs"])
-    return parse_structures(text)
+    the dataset's layout, or of the phantom kind; :mod:`hetreg_jax.data.structures`)."""
+    kind = config.data.dataset
+    if config.data.root is not None:
+        kind = pipeline.detect_layout(os.path.abspath(os.path.expanduser(config.data.root)), kind)
+    return structures_lib.resolve(config.data.get("structures", "auto"), kind)
 
 
 def key(metric: str, structure: str, mm: bool = False) -> str:
