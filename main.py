@@ -29,6 +29,8 @@ flags.DEFINE_string("fixed", None, "register: fixed image (NIfTI); the outputs a
 flags.DEFINE_string("moving_label", None, "register: optional label map of the moving image.")
 flags.DEFINE_string("fixed_label", None, "register: optional label map of the fixed image; with --moving_label, "
                     "Dice, Hausdorff and ASD of the warped label against it (label_metrics.json).")
+flags.DEFINE_bool("resample_moving", False, "register: resample a moving image on another grid (shape or "
+                  "affine) onto the fixed image's grid through both affines; without it such a pair is refused.")
 flags.DEFINE_string("out", None, "register: output folder; eval: report folder (default WORKDIR/eval, "
                     "so a run on a read-only disk can be evaluated elsewhere).")
 flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices to split this host into (0 = one per core, "
@@ -70,7 +72,7 @@ def run(argv):
     else:
         from hetreg_jax import register
         register.register(config, FLAGS.workdir, FLAGS.moving, FLAGS.fixed, FLAGS.out, FLAGS.moving_label,
-                          fixed_label=FLAGS.fixed_label)
+                          fixed_label=FLAGS.fixed_label, resample_moving=FLAGS.resample_moving)
 
 
 def parse_flags(argv):

@@ -103,13 +103,15 @@ class Model:
         return out
 
     def register_nifti(self, moving: str, fixed: str, out: str, moving_label: str | None = None,
-                       fixed_label: str | None = None) -> dict:
+                       fixed_label: str | None = None, resample_moving: bool = False) -> dict:
         """Register two NIfTI files as ``--mode=register`` does; returns the paths written
-        (with ``fixed_label``, ``label_metrics``: Dice, Hausdorff and ASD of the warped label)."""
+        (with ``fixed_label``, ``label_metrics``: Dice, Hausdorff and ASD of the warped label).
+        ``resample_moving``: a moving image on another grid is resampled onto the fixed one."""
         from hetreg_jax import register as register_lib
 
         return register_lib.register(self.config, self.workdir, moving, fixed, out, moving_label,
-                                     restored=(self.trainer, self.state), fixed_label=fixed_label)
+                                     restored=(self.trainer, self.state), fixed_label=fixed_label,
+                                     resample_moving=resample_moving)
 
 
 def load(workdir: str, config=None) -> Model:

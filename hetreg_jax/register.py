@@ -2,8 +2,8 @@
 
 The images are preprocessed like the training data of the config (``preprocessing``):
 
-- ``"crop"`` (ACDC layout or ``data.dataset="acdc"``): 3D ``[X, Y, Z]`` short-axis stacks of equal
-  shape, registered slice by slice on a ``data.image_size`` crop centred on the ED (moving)
+- ``"crop"`` (ACDC layout, a ``pairs.csv`` of stacks with ``slices=yes``, or ``data.dataset="acdc"``):
+  3D ``[X, Y, Z]`` short-axis stacks on the same grid, registered slice by slice on a ``data.image_size`` crop centred on the ED (moving)
   myocardium centroid of the mid slice when ``--moving_label`` is given, else where the two images
   differ most (``preprocess.motion_centre``: the beating heart; the centre is printed);
   the prediction is put back into the full slice: displacement 0 outside the crop, log-variance
@@ -11,9 +11,16 @@ The images are preprocessed like the training data of the config (``preprocessin
 - ``"resize"`` (CAMUS, paired volumes, ``echo3d``): ``len(data.image_size)``-D images resized to
   ``data.image_size``; the prediction is resized back to the fixed image's shape (linear, aligned
   corners) and each displacement component k multiplied by ``(n_fixed_k - 1) / (n_net_k - 1)``.
-  A moving image of another shape is first resized onto the fixed image's shape.
 
-Outputs in ``--out``, all on the fixed image's grid with its affine and header:
+Geometry: both files are read in one canonical voxel order (``nifti``: RAS+ volumes; stacks with
+their slice axis last), so a file stored flipped or transposed gives the same result in world
+space. The moving image must lie on the fixed image's grid (shape and affine, within
+``nifti.GRID_TOLERANCE`` of a voxel; refused in one line naming both files), unless
+``resample_moving`` (``--resample_moving``) resamples it onto that grid through both affines
+(linear, 0 outside; its label nearest). Everything is computed on the fixed image's canonical
+grid and written back in the fixed file's own voxel order (``Volume.to_file``).
+
+Outputs in ``--out``, all on the fixed image's grid with its affine and header (its voxel order):
 
 - ``warped.nii.gz``: the moving image at full resolution (its own intensities) warped by the
   back-mapped displacement, ``warped(x) = moving(x + u(x))``, linear, 0 outside;
@@ -51,15 +58,20 @@ import jax
 import numpy as np
 
 from hetreg_jax.data import acdc, nifti, pipeline, preprocess
+from hetreg_jax.data import pairs as pairs_layout
 
 _LAYOUT_OF_DATASET = {"acdc": "acdc", "camus": "camus", "echo3d": "pairs", "pairs": "pairs"}
 
 
 def preprocessing(config) -> str:
-    """``"crop"`` for ACDC-like data, ``"resize"`` otherwise (see the module docstring)."""
+    """``"crop"`` for ACDC-like data (ACDC, or a ``pairs.csv`` of stacks with ``slices=yes``),
+    ``"resize"`` otherwise (see the module docstring)."""
     data = config.data
     if data.root is not None:
-        layout = pipeline.detect_layout(os.path.abspath(os.path.expanduser(data.root)), data.dataset)
+        root = os.path.abspath(os.path.expanduser(data.root))
+        layout = pipeline.detect_layout(root, data.dataset)
+        if layout == "pairs" and pairs_layout.slicewise(root):
+            return "crop"
     else:
         layout = _LAYOUT_OF_DATASET.get(data.dataset, "pairs")
     return "crop" if layout == "acdc" else "resize"
@@ -84,15 +96,31 @@ def _as_pair_set(pairs: list[dict], image_size) -> dict:
     return pipeline.stack_pairs(pairs, image_size)
 
 
-def prepare(mode: str, moving: str, fixed: str, moving_label: str | None, image_size) -> Inputs:
-    """Read the files and preprocess them like training data."""
+RESAMPLE_HINT = "; pass --resample_moving to resample the moving image onto the fixed grid"
+
+
+def _moving_on_fixed_grid(m: nifti.Volume, f: nifti.Volume, label: nifti.Volume | None, resample: bool):
+    """The moving image (and label) on the fixed grid: checked to be on it already (one line naming
+    both files otherwise), or, with ``resample``, resampled onto it through both affines."""
+    if not resample:
+        nifti.check_same_grid(m, f, RESAMPLE_HINT)
+        return m, label
+    same = m.data.shape == f.data.shape and nifti.grid_offset(m, f) <= nifti.GRID_TOLERANCE * min(f.spacing)
+    if same:
+        return m, label
+    return nifti.resample_to(m, f, order=1), None if label is None else nifti.resample_to(label, f, order=0)
+
+
+def prepare(mode: str, moving: str, fixed: str, moving_label: str | None, image_size,
+            resample_moving: bool = False) -> Inputs:
+    """Read the files (canonical voxel order, ``nifti``), put the moving image on the fixed grid
+    (checked, or resampled with ``resample_moving``) and preprocess them like training data."""
     size = tuple(int(n) for n in image_size)
     if mode == "crop":
         m, f = nifti.read_stack(moving), nifti.read_stack(fixed)
-        if m.data.shape != f.data.shape:
-            raise nifti.DataError(moving, f"shape {m.data.shape} differs from the fixed image's {f.data.shape}"
-                                          " (ACDC-style registration needs stacks of the same shape)")
-        label = nifti.read_stack(moving_label, label=True, like=m).data if moving_label else None
+        label = nifti.read_stack(moving_label, label=True, like=m) if moving_label else None
+        m, label = _moving_on_fixed_grid(m, f, label, resample_moving)
+        label = None if label is None else label.data
         if label is not None:
             centre = acdc.crop_centre(label)
         else:
@@ -103,13 +131,11 @@ def prepare(mode: str, moving: str, fixed: str, moving_label: str | None, image_
         return Inputs(m, f, label, _as_pair_set(pairs, size), preprocess.crop_start(centre, size),
                       single_slice=len(f.file_shape) == 2)
     m, f = nifti.read_image(moving, len(size)), nifti.read_image(fixed, len(size))
-    label = nifti.read_label(moving_label, len(size), like=m).data if moving_label else None
+    label = nifti.read_label(moving_label, len(size), like=m) if moving_label else None
+    m, label = _moving_on_fixed_grid(m, f, label, resample_moving)
+    label = None if label is None else label.data
     pair = preprocess.resized_pair(m, f, label, None, size)
-    moving_shape = tuple(m.data.shape)
-    if m.data.shape != f.data.shape:  # carry the moving image (and label) onto the fixed grid's shape
-        m = dataclasses.replace(m, data=preprocess.resize(m.data, f.data.shape, order=1))
-        label = None if label is None else preprocess.resize(label, f.data.shape, order=0)
-    return Inputs(m, f, label, _as_pair_set([pair], size), moving_shape=moving_shape)
+    return Inputs(m, f, label, _as_pair_set([pair], size))
 
 
 def to_fixed_grid(inputs: Inputs, pred: dict) -> dict:
@@ -180,36 +206,35 @@ def restore(config, workdir: str):
 
 
 def register(config, workdir: str, moving: str, fixed: str, out: str, moving_label: str | None = None,
-             restored: tuple | None = None, fixed_label: str | None = None) -> dict:
+             restored: tuple | None = None, fixed_label: str | None = None, resample_moving: bool = False) -> dict:
     """Register ``moving`` to ``fixed`` and write the outputs (module docstring); returns their paths.
     ``restored``: an already restored ``(trainer, state)`` of ``workdir`` (the Python API keeps one).
     ``fixed_label`` (with ``moving_label``): also score the warped label against it
-    (:func:`label_metrics`, printed and written to ``label_metrics.json``)."""
+    (:func:`label_metrics`, printed and written to ``label_metrics.json``). ``resample_moving``:
+    a moving image on another grid is resampled onto the fixed one (else refused)."""
     from hetreg_jax import evaluation
     from hetreg_jax import workdir as workdir_lib
 
     workdir_lib.check_writable(out, "--out")  # before the work, not after it
+    if fixed_label is not None and moving_label is None:
+        raise ValueError("--fixed_label needs --moving_label (the label that is warped)")
     mode = preprocessing(config)
-    inputs = prepare(mode, moving, fixed, moving_label, config.data.image_size)
+    inputs = prepare(mode, moving, fixed, moving_label, config.data.image_size, resample_moving)
+    reference = None
+    if fixed_label is not None:  # read (and checked) before the work
+        reference = (nifti.read_stack(fixed_label, label=True, like=inputs.fixed).data if mode == "crop"
+                     else nifti.read_label(fixed_label, len(config.data.image_size), like=inputs.fixed).data)
     trainer, state = restored or restore(config, workdir)
     pred = evaluation.predict_pairs(trainer, state, inputs.pairs, config.eval.batch_size)
+    # everything below is computed on the fixed image's canonical grid, then written in its file order
+    fixed_vol = inputs.fixed
     full = to_fixed_grid(inputs, pred)
     slicewise = mode == "crop"
     full["warped"] = warp_full(inputs.moving.data, full["displacement"], slicewise)
     if inputs.moving_label is not None:
         full["warped_label"] = warp_labels(inputs.moving_label, full["displacement"], slicewise)
-    fixed_vol, moving_data = inputs.fixed, inputs.moving.data
-    if inputs.single_slice:  # outputs keep the input's own dimensionality: [X, Y], displacement [X, Y, 2]
-        full = {k: v[:, :, 0, :2] if k == "displacement" else v[:, :, 0] for k, v in full.items()}
-        fixed_vol = dataclasses.replace(fixed_vol, data=fixed_vol.data[..., 0])
-        moving_data = moving_data[..., 0]
-    window = None
-    if inputs.crop_start is not None:  # show the region the network saw
-        shape = fixed_vol.data.shape
-        window = tuple(slice(max(0, start), min(n, start + size))
-                       for start, size, n in zip(inputs.crop_start, config.data.image_size, shape[:2]))
-    scales = (np.ones(2) if inputs.crop_start is not None
-              else preprocess.scale_factors(config.data.image_size, inputs.fixed.data.shape))
+    scales = np.ones(2) if inputs.crop_start is not None else preprocess.scale_factors(
+        config.data.image_size, fixed_vol.data.shape)
     if "sigma_z" in full:
         sigma_mm, why = sigma_z_in_mm(full["sigma_z"], fixed_vol, scales)
         if sigma_mm is not None:
@@ -219,15 +244,25 @@ def register(config, workdir: str, moving: str, fixed: str, out: str, moving_lab
     itk, why = itk_warp(inputs, fixed_vol, full["displacement"])
     if itk is None:
         print(f"itk_warp.nii.gz not written: {why}")
-    paths = write_outputs(out, fixed_vol, full, moving_data, window, itk_warp=itk)
-    if fixed_label is not None:
-        if "warped_label" not in full:
-            raise ValueError("--fixed_label needs --moving_label (the label that is warped)")
-        reference = (nifti.read_stack(fixed_label, label=True, like=inputs.fixed).data if mode == "crop"
-                     else nifti.read_label(fixed_label, len(config.data.image_size), like=inputs.fixed).data)
-        if inputs.single_slice:
-            reference = reference[..., 0]
-        paths["label_metrics"] = write_label_metrics(out, full["warped_label"], reference, fixed_vol.spacing)
+    scores = None if reference is None else label_metrics(full["warped_label"], reference, fixed_vol.spacing)
+    window = None
+    if inputs.crop_start is not None:  # show the region the network saw
+        window = tuple(slice(max(0, start), min(n, start + size))
+                       for start, size, n in zip(inputs.crop_start, config.data.image_size, fixed_vol.data.shape[:2]))
+    shown = (inputs.moving.data, fixed_vol.data, full, window)  # the overview: canonical orientation
+    files = {k: fixed_vol.to_file(v, vector=k == "displacement") for k, v in full.items()}
+    itk = None if itk is None else fixed_vol.to_file(itk, channels=True)
+    file_vol = dataclasses.replace(fixed_vol, data=fixed_vol.to_file(fixed_vol.data), axes=None, flips=None,
+                                   affine=fixed_vol.affine if fixed_vol.file_affine is None else fixed_vol.file_affine)
+    if inputs.single_slice:  # outputs keep the input's own dimensionality: [X, Y], displacement [X, Y, 2]
+        files = {k: v[:, :, 0, :2] if k == "displacement" else v[:, :, 0] for k, v in files.items()}
+        file_vol = dataclasses.replace(file_vol, data=file_vol.data[..., 0])
+        if shown is not None:
+            full2 = {k: v[:, :, 0, :2] if k == "displacement" else v[:, :, 0] for k, v in full.items()}
+            shown = (shown[0][..., 0], shown[1][..., 0], full2, window)
+    paths = write_outputs(out, file_vol, files, None, itk_warp=itk, shown=shown)
+    if scores is not None:
+        paths["label_metrics"] = write_label_metrics(out, scores)
     return paths
 
 
@@ -284,13 +319,13 @@ def label_metrics(warped: np.ndarray, reference: np.ndarray, spacing) -> dict:
     return out
 
 
-def write_label_metrics(out: str, warped: np.ndarray, reference: np.ndarray, spacing) -> str:
-    """Print one line per label and write ``label_metrics.json`` (strict JSON); returns its path."""
+def write_label_metrics(out: str, scores: dict) -> str:
+    """Print one line per label of ``scores`` (:func:`label_metrics`) and write
+    ``label_metrics.json`` (strict JSON); returns its path."""
     import json
 
     from hetreg_jax.workdir import atomic_write_text, json_safe
 
-    scores = label_metrics(warped, reference, spacing)
     for value, e in scores.items():
         print(f"label {value}: Dice {e['dice']:.2f}%, Hausdorff {e['hd_px']:.2f} px ({e['hd_mm']:.2f} mm), "
               f"HD95 {e['hd95_px']:.2f} px, ASD {e['asd_px']:.2f} px ({e['asd_mm']:.2f} mm)")
@@ -301,10 +336,12 @@ def write_label_metrics(out: str, warped: np.ndarray, reference: np.ndarray, spa
     return path
 
 
-def write_outputs(out: str, fixed: nifti.Volume, full: dict, moving_on_grid: np.ndarray,
-                  window: tuple[slice, slice] | None = None, itk_warp: np.ndarray | None = None) -> dict:
+def write_outputs(out: str, fixed: nifti.Volume, full: dict, moving_on_grid: np.ndarray | None,
+                  window: tuple[slice, slice] | None = None, itk_warp: np.ndarray | None = None,
+                  shown: tuple | None = None) -> dict:
     """Write the NIfTI files and ``overview.png`` on ``fixed``'s geometry (``itk_warp``: the
-    vectors of ``itk_warp.nii.gz``, :func:`itk_warp`)."""
+    vectors of ``itk_warp.nii.gz``, :func:`itk_warp`). ``shown``: ``(moving, fixed, full, window)``
+    drawn in the overview instead of the written arrays (e.g. in the canonical orientation)."""
     from hetreg_jax import workdir as workdir_lib
 
     workdir_lib.ensure_directory(out, "--out")
@@ -319,7 +356,8 @@ def write_outputs(out: str, fixed: nifti.Volume, full: dict, moving_on_grid: np.
                                      file_shape=fixed.file_shape, **geometry)
     if itk_warp is not None:
         paths["itk_warp"] = nifti.write_itk_warp(os.path.join(out, "itk_warp.nii.gz"), itk_warp, **geometry)
-    paths["overview"] = overview(os.path.join(out, "overview.png"), moving_on_grid, fixed.data, full, window)
+    shown = shown or (moving_on_grid, fixed.data, full, window)
+    paths["overview"] = overview(os.path.join(out, "overview.png"), *shown)
     magnitude = np.linalg.norm(full["displacement"], axis=-1)
     print(f"registered: |u| mean {magnitude.mean():.3f}, max {magnitude.max():.3f} voxels of the fixed grid; "
           f"wrote {', '.join(os.path.basename(p) for p in paths.values())} to {out}")

@@ -109,11 +109,24 @@ def _check_reproduces_warped(paths, moving_path, atol=1e-3):
     return warped, itk, inside
 
 
+def _restored(data, affine, axes=(1, 0, 2), flip=0):
+    """The same image stored in another voxel order: axes transposed, then axis ``flip`` reversed,
+    with the affine that keeps every voxel at its world position."""
+    stored = np.flip(np.transpose(data, axes), flip)
+    to_old = np.zeros((4, 4))
+    to_old[3, 3] = 1.0
+    for k, j in enumerate(axes):  # stored index s -> original index: o[axes[k]] = s_k (reversed on flip)
+        to_old[j, k] = -1.0 if k == flip else 1.0
+        to_old[j, 3] = stored.shape[k] - 1 if k == flip else 0.0
+    return np.ascontiguousarray(stored), affine @ to_old
+
+
 def test_slice_stack_on_an_oblique_anisotropic_grid(known_network, tmp_path):
+    """The moving file is stored in another voxel order (transposed, flipped) with the matching
+    header: the same grid in world space, so it is accepted and the field is ITK-exact for it."""
     fixed_affine = _affine([25, -10, 40], [1.4, 0.9, 7.0], [-30, 12, 55])
-    moving_affine = _affine([-5, 20, 15], [1.4, 0.9, 7.0], [4, -8, 2])  # the network ignores it; ITK may not
     shape = (40, 36, 4)
-    moving = _save(tmp_path / "m.nii.gz", _image(shape, 1), moving_affine)
+    moving = _save(tmp_path / "m.nii.gz", *_restored(_image(shape, 1), fixed_affine))
     fixed = _save(tmp_path / "f.nii.gz", _image(shape, 2), fixed_affine)
     known_network["amplitude"] = 1.5
     paths = register.register(make_tiny_config(), "unused", moving, fixed, str(tmp_path / "out"),
@@ -131,9 +144,34 @@ def test_slice_stack_on_an_oblique_anisotropic_grid(known_network, tmp_path):
     assert np.abs(u[..., :2]).max() > 1.0 and np.all(u[..., 2] == 0)  # a real, in-plane motion
     # the vectors are the LPS-mm difference of the moving and fixed points of every voxel
     index = np.stack(np.meshgrid(*(np.arange(n, dtype=float) for n in shape), indexing="ij"), -1)
-    ras = (index + u) @ moving_affine[:3, :3].T + moving_affine[:3, 3] - (index @ fixed_affine[:3, :3].T
-                                                                          + fixed_affine[:3, 3])
+    ras = (index + u) @ fixed_affine[:3, :3].T - index @ fixed_affine[:3, :3].T
     np.testing.assert_allclose(img.get_fdata()[..., 0, :], ras * [-1, -1, 1], atol=1e-4)
+
+
+def test_a_moving_stack_on_another_grid_is_refused_or_resampled(known_network, tmp_path):
+    """A moving header that puts the stack elsewhere is refused in one line naming both files;
+    with resample_moving it is resampled onto the fixed grid, and the field (moving point = the
+    fixed grid's point x + u) still carries ITK's resampling of the moving file onto warped.nii.gz,
+    up to the second interpolation."""
+    fixed_affine = _affine([25, -10, 40], [1.4, 0.9, 7.0], [-30, 12, 55])
+    moving_affine = fixed_affine.copy()
+    moving_affine[:3, 3] += fixed_affine[:3, :2] @ [2.0, -1.5]  # shifted in-plane by (2, -1.5) voxels
+    shape = (40, 36, 4)
+    moving = _save(tmp_path / "m.nii.gz", _image(shape, 1), moving_affine)
+    fixed = _save(tmp_path / "f.nii.gz", _image(shape, 2), fixed_affine)
+    with pytest.raises(nifti.DataError) as err:
+        register.register(make_tiny_config(), "unused", moving, fixed, str(tmp_path / "out"), restored=(None, None))
+    message = str(err.value)
+    assert "\n" not in message and moving in message and fixed in message and "--resample_moving" in message
+    known_network["amplitude"] = 0.0
+    paths = register.register(make_tiny_config(), "unused", moving, fixed, str(tmp_path / "out"),
+                              restored=(None, None), resample_moving=True)
+    warped = nib.load(paths["warped"]).get_fdata()
+    source = nib.load(moving).get_fdata()
+    # zero displacement: warped(x) = moving at the fixed voxel's world point = moving voxel x - (2, -1.5)
+    np.testing.assert_allclose(warped[10:30, 10:26], 0.5 * (source[8:28, 11:27] + source[8:28, 12:28]), atol=1e-3)
+    itk = _itk_resample(moving, paths["itk_warp"])
+    np.testing.assert_allclose(itk[10:30, 10:26], warped[10:30, 10:26], atol=1e-3)
 
 
 def test_3d_volume_resized_on_an_oblique_anisotropic_grid(known_network, tmp_path):

@@ -151,14 +151,18 @@ def test_preprocess_crop_and_uncrop_are_inverse():
     assert inside.sum() == (3 + 16) * (36 - 15)
 
 
-def test_moving_of_another_shape_is_carried_onto_the_fixed_grid(tmp_path):
+def test_moving_of_another_shape_is_refused_or_resampled_onto_the_fixed_grid(tmp_path):
     ramp = np.add.outer(np.arange(30.0), np.zeros(20)).astype(np.float32)
     nib.save(nib.Nifti1Image(ramp, np.diag([2.0, 2.0, 1.0, 1.0])), tmp_path / "m.nii.gz")
     fixed = np.random.default_rng(0).random((45, 38)).astype(np.float32)
     nib.save(nib.Nifti1Image(fixed, np.eye(4)), tmp_path / "f.nii.gz")
-    inputs = register.prepare("resize", tmp_path / "m.nii.gz", tmp_path / "f.nii.gz", None, (32, 32))
+    with pytest.raises(nifti.DataError, match="m.nii.gz: grid of shape .*f.nii.gz.*--resample_moving"):
+        register.prepare("resize", tmp_path / "m.nii.gz", tmp_path / "f.nii.gz", None, (32, 32))
+    inputs = register.prepare("resize", tmp_path / "m.nii.gz", tmp_path / "f.nii.gz", None, (32, 32),
+                              resample_moving=True)
     assert inputs.pairs["moving"].shape == (1, 32, 32, 1) and inputs.crop_start is None
-    np.testing.assert_allclose(inputs.moving.data, np.add.outer(np.arange(45) * 29 / 44, np.zeros(38)), atol=1e-5)
+    # through the affines: fixed voxel (i, j) is moving voxel (i / 2, j / 2), whose ramp value is i / 2
+    np.testing.assert_allclose(inputs.moving.data, np.add.outer(np.arange(45) / 2, np.zeros(38)), atol=1e-5)
     np.testing.assert_allclose(inputs.pairs["moving"][0, :, 0, 0], np.arange(32) / 31, atol=1e-6)
 
 

@@ -8,8 +8,8 @@ plus the lists ``subject`` and ``pair_id``.
 On-disk datasets (``config.data.root`` set) add ``spacing`` ``[N, ndim]`` (mm per voxel of the
 network grid) and ``raw_range`` ``[N, 2]`` (min and max of the two raw images before
 normalisation). The layout of the folder decides the loader (``detect_layout``): ``training/`` ->
-ACDC, ``database_nifti/`` -> CAMUS, ``pairs.csv`` -> paired volumes; ``config.data.dataset`` only
-breaks ties. Every split is by subject (patient), seeded by ``config.seed``.
+ACDC, ``database_nifti/`` -> CAMUS, ``pairs.csv`` -> paired volumes, or short-axis stacks
+registered slice by slice (``slices=yes``, ``pairs.py``); ``config.data.dataset`` only breaks ties. Every split is by subject (patient), seeded by ``config.seed``.
 
 Cross-validation (``config.data.folds`` = F >= 3, ``config.data.fold`` = k): every subject the
 layout lists (the layout's own split, e.g. ACDC's ``testing/`` or CAMUS's split files, is set aside)
@@ -31,7 +31,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from hetreg_jax.data import synthetic
+from hetreg_jax.data import structures, synthetic
 from hetreg_jax.data.nifti import DataError
 
 SPLITS = ("train", "val", "test")
@@ -161,6 +161,9 @@ def load_dataset(config, strict: bool = True) -> tuple[dict[str, dict], dict]:
     pairs: dict[str, list] = {name: [] for name in SPLITS}
     skipped = []
     options = {"centre": data.centre} if layout == "acdc" else {}  # where the ACDC crop is centred
+    if layout == "pairs":  # each ED label map must hold one of the scored structures (pairs.py)
+        options["structures"] = structures.resolve(data.structures, layout)
+        options["centre"] = data.centre
     for subject in loader.subjects(root, tuple(data.image_size), config.seed, **options):
         try:
             pairs[subject.split].extend(subject.load())
