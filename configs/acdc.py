@@ -1,14 +1,7 @@
 """ACDC-like cine MRI, 2D 128x128, the paper's settings.
 
-Run: python main.py --config=configs/acdc.py --workdir=runs/acdc
-Real data: add --config.data.root=/path/to/ACDC (synthetic phantoms otherwise).
+Thin re-export of hetreg_jax/configs/acdc.py (the installed package's copy, also reachable as
+`hetreg --config=acdc`). Run: python main.py --config=configs/acdc.py --workdir=runs/acdc
 """
 
-from configs import default
-
-
-def get_config():
-    c = default.get_config()
-    c.data.dataset = "acdc"
-    c.data.image_size = (128, 128)
-    return c
+from hetreg_jax.configs.acdc import get_config  # noqa: F401

@@ -1,13 +1,7 @@
 """CAMUS-like 2D echocardiography, 128x128, the paper's settings.
 
-Run: python main.py --config=configs/camus.py --workdir=runs/camus
+Thin re-export of hetreg_jax/configs/camus.py (the installed package's copy, also reachable as
+`hetreg --config=camus`). Run: python main.py --config=configs/camus.py --workdir=runs/camus
 """
 
-from configs import default
-
-
-def get_config():
-    c = default.get_config()
-    c.data.dataset = "camus"
-    c.data.image_size = (128, 128)
-    return c
+from hetreg_jax.configs.camus import get_config  # noqa: F401

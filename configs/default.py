@@ -1,8 +1,7 @@
 """Default configuration: every key, with a one-line comment, is in hetreg_jax/default_config.py
-(inside the package, so that a run's recorded config.json can be completed with the defaults of
-keys added since, wherever hetreg_jax is installed).
 
-Run: python main.py --config=configs/default.py --workdir=runs/default
+Thin re-export of hetreg_jax/configs/default.py (the installed package's copy, also reachable as
+`hetreg --config=default`). Run: python main.py --config=configs/default.py --workdir=runs/default
 """
 
-from hetreg_jax.default_config import get_config  # noqa: F401
+from hetreg_jax.configs.default import get_config  # noqa: F401

@@ -69,10 +69,31 @@ def _flag_value(argv, name: str) -> str | None:
     return value
 
 
+def bundled_config_argv(argv: list[str]) -> list[str]:
+    """``--config=NAME`` (no such file, and NAME a bundled config: ``hetreg_jax.configs.NAMES``)
+    rewritten to that config's file in the package, so ``hetreg --config=acdc`` works anywhere."""
+    from hetreg_jax import configs
+
+    out, argv = [], list(argv)
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+            name, sep, rest = value.partition(":")
+            if not os.path.exists(name) and configs.path(name):
+                arg = f"--config={configs.path(name)}{sep}{rest}"
+        elif i > 0 and argv[i - 1] == "--config" and not os.path.exists(arg.partition(":")[0]) \
+                and configs.path(arg.partition(":")[0]):
+            name, sep, rest = arg.partition(":")
+            arg = f"{configs.path(name)}{sep}{rest}"
+        out.append(arg)
+    return out
+
+
 def config_argv(argv: list[str]) -> list[str]:
     """The command line with its config made loadable: a ``--config=...json`` (a run's recorded
     config) goes through ``json_config.py``; with no ``--config``, ``--mode=eval|register`` use
     ``WORKDIR/config.json`` when it exists. Overrides (``--config.key=value``) apply either way."""
+    argv = bundled_config_argv(argv)
     config = _flag_value(argv, "config")
     if config is None:
         workdir, mode = _flag_value(argv, "workdir"), _flag_value(argv, "mode")
