@@ -42,6 +42,13 @@ def test_pip_install_gives_a_hetreg_command(tmp_path):
     if made.returncode != 0:
         pytest.skip(f"cannot make a venv: {made.stderr.strip()[-200:]}")
     python = venv / "bin" / "python"
+    # The venv sees this interpreter's packages (jax, ...) too: in CI those live in another venv,
+    # not in the system's site-packages that --system-site-packages adds.
+    import site
+    inner = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+                           capture_output=True, text=True, timeout=60).stdout.strip()
+    with open(os.path.join(inner, "_outer_packages.pth"), "w", encoding="utf-8") as f:
+        f.write("\n".join(site.getsitepackages()) + "\n")
     install = [str(python), "-m", "pip", "install", "--no-deps", "-q", str(src)]
     pip = subprocess.run(install[:5] + ["--no-build-isolation", "--no-index"] + install[5:],
                          capture_output=True, text=True, timeout=300)
