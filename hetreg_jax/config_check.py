@@ -36,6 +36,11 @@ POSITIVE_INTS = ("num_steps", "steps_per_epoch", "batch_size", "steps_per_call",
 NON_NEGATIVE_INTS = ("seed", "eval_every", "warm_start_epochs", "motion.int_steps", "eval.val_pairs",
                      "data.folds", "data.fold")
 BOOLS = ("warm_start", "motion.bidirectional", "motion.predict_sigma", "loss.use_mask")
+# Keys read by one displacement estimator only (motion.predict_sigma is read by both).
+VOXELMORPH_ONLY = ("motion.enc_features", "motion.dec_features", "motion.int_steps", "motion.int_downsize",
+                   "motion.bidirectional")
+TRANSMORPH_ONLY = ("transmorph.embed_dim", "transmorph.depths", "transmorph.num_heads", "transmorph.window_size",
+                   "transmorph.drop_path_rate")
 
 
 def _get(config, key: str) -> Any:
@@ -87,6 +92,33 @@ def _check_widths(config, key: str, allow_zero_sentinel: bool = False) -> None:
         return
     if not items or not all(_is_int(v) and v >= 1 for v in items):
         raise _refuse(key, value, "a non-empty tuple of whole numbers >= 1")
+
+
+def _plain(value: Any) -> Any:
+    """A value as compared with its default: lists (a config read from JSON) as tuples."""
+    return tuple(_plain(v) for v in value) if isinstance(value, (tuple, list)) else value
+
+
+def _check_model_scope(config) -> None:
+    """Refuse a key that the chosen networks never read, set away from its default: ``motion.*``
+    (other than ``predict_sigma``) with TransMorph, ``transmorph.*`` with VoxelMorph; and
+    ``motion.bidirectional`` with a separately trained variance net, which is trained on the forward
+    (moving -> fixed) pairs only but would weight the backward direction too."""
+    from hetreg_jax import methods
+    from hetreg_jax.default_config import get_config
+
+    defaults = get_config()
+    other, unread = (("voxelmorph", VOXELMORPH_ONLY) if config.model == "transmorph"
+                     else ("transmorph", TRANSMORPH_ONLY))
+    for key in unread:
+        value, default = _get(config, key), _get(defaults, key)
+        if _plain(value) != _plain(default):
+            raise _refuse(key, _plain(value), f"the default {_plain(default)!r} with model={config.model!r} "
+                          f"(only {other} reads it: the setting would do nothing)")
+    method = methods.get_method(config.method)
+    if config.motion.bidirectional and method.uses_variance and not method.joint:
+        raise _refuse("motion.bidirectional", True, f"False with method={config.method!r} (its variance net is "
+                      "trained on the moving -> fixed direction only, so it cannot weight fixed -> moving)")
 
 
 def validate_config(config) -> None:
@@ -160,6 +192,7 @@ def validate_config(config) -> None:
     rate = config.transmorph.drop_path_rate
     if not _is_number(rate) or not 0.0 <= rate < 1.0:
         raise _refuse("transmorph.drop_path_rate", rate, "a finite number in [0, 1)")
+    _check_model_scope(config)
 
     size = config.data.image_size
     if not isinstance(size, (tuple, list)) or len(size) not in (2, 3) or \

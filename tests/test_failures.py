@@ -130,6 +130,65 @@ def test_the_shipped_configs_and_edge_values_pass():
     config_check.validate_config(make_tiny_config(**edges))
 
 
+PAPER_MOTION = {"motion.enc_features": (16, 32, 32, 32), "motion.dec_features": (32, 32, 32, 32, 32, 16, 16)}
+UNREAD_KEYS = [  # (overrides, key, value, allowed): keys the chosen networks never read, away from their default
+    ({"model": "transmorph", "motion.bidirectional": True}, "motion.bidirectional", True, "the default False"),
+    ({"model": "transmorph", "motion.int_steps": 0}, "motion.int_steps", 0, "the default 7"),
+    ({"model": "transmorph", "motion.int_downsize": 1}, "motion.int_downsize", 1, "the default 2"),
+    ({"model": "transmorph", "motion.enc_features": (8, 16)}, "motion.enc_features", (8, 16),
+     "the default (16, 32, 32, 32)"),
+    ({"model": "transmorph", "motion.dec_features": [16, 16, 8]}, "motion.dec_features", (16, 16, 8),
+     "the default (32, 32, 32, 32, 32, 16, 16)"),
+    ({"transmorph.embed_dim": 48}, "transmorph.embed_dim", 48, "the default 96"),
+    ({"transmorph.depths": (1, 1, 1, 1)}, "transmorph.depths", (1, 1, 1, 1), "the default (2, 2, 4, 2)"),
+    ({"transmorph.num_heads": (2, 2, 2, 2)}, "transmorph.num_heads", (2, 2, 2, 2), "the default (4, 4, 8, 8)"),
+    ({"transmorph.window_size": (4, 4)}, "transmorph.window_size", (4, 4), "the default (0,)"),
+    ({"transmorph.drop_path_rate": 0.1}, "transmorph.drop_path_rate", 0.1, "the default 0.3"),
+]
+
+
+@pytest.mark.parametrize("overrides,key,value,allowed", UNREAD_KEYS, ids=[case[1] for case in UNREAD_KEYS])
+def test_a_key_the_other_model_reads_is_refused_when_changed(overrides, key, value, allowed):
+    model = overrides.get("model", "voxelmorph")
+    base = PAPER_MOTION if model == "transmorph" else {}
+    with pytest.raises(ValueError) as info:
+        config_check.validate_config(make_tiny_config(**{**base, **overrides}))
+    message = str(info.value)
+    assert message.startswith(f"config.{key}={value!r} is not allowed: {allowed} with model={model!r}"), message
+    assert "would do nothing" in message and "\n" not in message
+
+
+def test_keys_both_models_read_and_defaults_pass():
+    import runpy
+
+    from hetreg_jax import experiments
+
+    # TransMorph reads motion.predict_sigma (its sigma_z head); defaults of the other model's keys,
+    # also as lists (a config read back from config.json), pass.
+    config_check.validate_config(make_tiny_config(model="transmorph", **{
+        **PAPER_MOTION, "motion.predict_sigma": True, "transmorph.embed_dim": 48, "transmorph.window_size": (2, 2),
+        "motion.int_steps": 7, "motion.enc_features": [16, 32, 32, 32]}))
+    config_check.validate_config(make_tiny_config(**{"transmorph.window_size": [0], "transmorph.depths": [2, 2, 4, 2]}))
+    for profile in ("quick", "cpu"):  # the experiment runner's TransMorph runs set transmorph.embed_dim
+        for model in ("voxelmorph", "transmorph"):
+            for dataset in ("acdc", "echo3d"):
+                base = runpy.run_path(os.path.join(ROOT, "configs", "acdc.py"))["get_config"]()
+                run = experiments.Run(dataset=dataset, model=model, method="ours", seed=0)
+                config_check.validate_config(experiments.run_config(base, run, profile))
+
+
+@pytest.mark.parametrize("method,refused", [("ours", True), ("nll", False), ("beta_nll", False), ("mse", False),
+                                            ("ncc", False)])
+def test_bidirectional_is_refused_where_the_variance_net_never_sees_the_backward_direction(method, refused):
+    config = make_tiny_config(method=method, **{"motion.bidirectional": True})
+    if not refused:  # joint baselines train the variance net through both directions' loss
+        config_check.validate_config(config)
+        return
+    with pytest.raises(ValueError) as info:
+        config_check.validate_config(config)
+    assert str(info.value).startswith(f"config.motion.bidirectional=True is not allowed: False with method={method!r}")
+
+
 # ----------------------------------------------------------------------------------- folders
 def test_check_writable_refuses_files_in_the_way_and_creates_nothing(tmp_path):
     a_file = tmp_path / "file"
