@@ -72,7 +72,9 @@ def motion_model_kwargs(config) -> dict:
 
 
 def motion_schedule(config) -> optax.Schedule | float:
-    """Constant motion lr, or the TransMorph polynomial decay lr * (1 - epoch/epochs)^0.9."""
+    """Constant motion lr, or the TransMorph polynomial decay lr * (1 - epoch/epochs)^0.9 as a function
+    of the training step (``TrainState.step``; epoch = step // steps_per_epoch): 0 from ``num_steps``
+    on, whatever the warm-start phases (see :func:`motion_optimizer`)."""
     lr = config.optim.motion_lr
     kind = config.optim.motion_schedule
     if kind == "auto":
@@ -84,10 +86,38 @@ def motion_schedule(config) -> optax.Schedule | float:
 
         def schedule(count):
             epoch = jnp.minimum(count // config.steps_per_epoch, epochs)
-            return lr * (1.0 - epoch / epochs) ** 0.9
+            # Under jit XLA divides by multiplying with 1/epochs: at epoch == epochs the base can be
+            # -1e-7, whose 0.9th power is NaN; clipped at 0 (bit-identical where it is positive).
+            return lr * jnp.maximum(1.0 - epoch / epochs, 0.0) ** 0.9
         return schedule
     raise ValueError(f"config.optim.motion_schedule={config.optim.motion_schedule!r}; "
                      "known: 'auto', 'constant', 'poly'")
+
+
+def motion_optimizer(config) -> optax.GradientTransformationExtraArgs:
+    """Adam of the displacement estimator; its ``update`` takes the training step as ``step=``.
+
+    A decaying lr (:func:`motion_schedule`) is read at that step, not at Adam's count of motion
+    updates: with ``warm_start`` the variance-only phase makes no motion update, so a count-driven
+    decay would end at ~5 % of the lr. Without warm start both counts are equal and the updates are
+    bit-identical to ``optax.adam(schedule)``; the state has its layout too (the update count is
+    still kept), so checkpoints written before resume.
+    """
+    schedule = motion_schedule(config)
+    if not callable(schedule):
+        return optax.adam(schedule)  # takes and ignores step=
+
+    def init(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None, *, step):
+        del params
+        step_size = -schedule(step)
+        updates = jax.tree.map(lambda g: jnp.array(step_size, dtype=g.dtype) * g, updates)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.chain(optax.scale_by_adam(), optax.GradientTransformationExtraArgs(init, update))
 
 
 def velocity_sigma_to_displacement(log_var_v: jax.Array, shape, int_downsize: int) -> jax.Array:
@@ -114,7 +144,7 @@ class Trainer:
             v = config.variance
             self.variance_model = get_model("variance_unet", enc_features=tuple(v.enc_features),
                                             dec_features=tuple(v.dec_features), **precision_kwargs(config))
-        self.motion_tx = optax.adam(motion_schedule(config))
+        self.motion_tx = motion_optimizer(config)
         self.variance_tx = optax.adam(config.optim.variance_lr)
         self.bidirectional = config.model == "voxelmorph" and config.motion.bidirectional
         repl = sharding.replicated(self.mesh)
@@ -264,7 +294,8 @@ class Trainer:
         rng = self._dropout_rng(state.step)
         grad_fn = jax.value_and_grad(self._motion_loss, has_aux=True)
         (_, measures), grads = grad_fn(state.motion_params, state.variance_params, batch, rng, weighted)
-        updates, opt_state = self.motion_tx.update(grads, state.motion_opt_state, state.motion_params)
+        updates, opt_state = self.motion_tx.update(grads, state.motion_opt_state, state.motion_params,
+                                                   step=state.step)
         params = optax.apply_updates(state.motion_params, updates)
         measures["motion_grad_norm"] = optax.tree.norm(grads)
         return state.replace(motion_params=params, motion_opt_state=opt_state), measures
@@ -291,7 +322,8 @@ class Trainer:
         rng = self._dropout_rng(state.step)
         grad_fn = jax.value_and_grad(self._motion_loss, argnums=(0, 1), has_aux=True)
         (_, measures), (g_motion, g_var) = grad_fn(state.motion_params, state.variance_params, batch, rng, False)
-        m_updates, m_opt = self.motion_tx.update(g_motion, state.motion_opt_state, state.motion_params)
+        m_updates, m_opt = self.motion_tx.update(g_motion, state.motion_opt_state, state.motion_params,
+                                                 step=state.step)
         v_updates, v_opt = self.variance_tx.update(g_var, state.variance_opt_state, state.variance_params)
         measures["motion_grad_norm"] = optax.tree.norm(g_motion)
         measures["variance_grad_norm"] = optax.tree.norm(g_var)

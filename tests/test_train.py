@@ -114,6 +114,54 @@ def test_poly_schedule_decays_by_epoch(tiny_config):
     np.testing.assert_allclose(float(schedule(250)), lr * (1 - 2 / 4) ** 0.9, rtol=1e-6)
 
 
+def test_poly_decay_reads_the_training_step_and_matches_adam_where_the_counts_coincide(tiny_config):
+    import optax
+
+    # No warm start: one motion update per step, so the step-driven decay gives the parameters of
+    # optax.adam(schedule) (Adam's own update count) bit for bit, epochs with different lrs included.
+    config = tiny_config(num_steps=8, steps_per_epoch=2, **{"optim.motion_schedule": "poly"})
+    new, old = steps.Trainer(config), steps.Trainer(config)
+    old.motion_tx = optax.adam(steps.motion_schedule(config))  # the count-driven optimiser (read when traced)
+    states = [new.init_state(), old.init_state()]
+    _assert_trees_equal(_host(states[0]), _host(states[1]))  # the same state layout: old checkpoints resume
+    for t in range(5):
+        batch = _batch(new, config, t)
+        states = [trainer.train_step("alternating")(state, batch)[0] for trainer, state in zip((new, old), states)]
+    _assert_trees_equal(_host(states[0]), _host(states[1]))
+
+    # The paper's warm start (10 + 10 of 300 epochs): at the last step Adam has counted 1000 fewer
+    # motion updates than steps; the lr used is the step's, lr (1/300)^0.9 (~0.6 %), not ~5 %.
+    paper = tiny_config(warm_start=True, num_steps=30_000, steps_per_epoch=100, **{"optim.motion_schedule": "poly"})
+    tx, lr = steps.motion_optimizer(paper), paper.optim.motion_lr
+    adam, count = tx.init(1.0)
+    opt_state = (adam, count._replace(count=jnp.int32(28_999)))
+    for step, expected in ((29_999, lr * (1 / 300) ** 0.9), (30_000, 0.0), (0, lr)):
+        update, _ = tx.update(1.0, opt_state, 1.0, step=jnp.int32(step))  # Adam's first update of g = 1 is ~1
+        np.testing.assert_allclose(-float(update), expected, rtol=1e-5)  # float32 lr
+    assert float(steps.motion_schedule(paper)(28_999)) > 8 * lr * (1 / 300) ** 0.9  # the count-driven lr
+
+
+def test_with_warm_start_the_poly_lr_is_zero_at_num_steps(tiny_config):
+    # 7 steps, 2 per epoch: 3 epochs; motion-only 0-1, variance-only 2-3, alternating 4-6. Step 6 is
+    # in epoch 3 = epochs: lr 0, the motion parameters stay as they are (Adam's count, 4 motion
+    # updates, would still be in epoch 2).
+    config = tiny_config(warm_start=True, warm_start_epochs=1, steps_per_epoch=2, num_steps=7,
+                         **{"optim.motion_schedule": "poly"})
+    lr_at = jax.jit(steps.motion_schedule(config))
+    assert float(lr_at(6)) == 0.0 and float(lr_at(100)) == 0.0  # 0, not NaN: 1 - 3 * (1/3) < 0 under jit
+    trainer = steps.Trainer(config)
+    state = trainer.init_state()
+    motion = []
+    for t in range(config.num_steps):
+        state, measures = trainer.train_step(trainer.phase(t))(state, _batch(trainer, config, t))
+        assert float(measures["all_finite"]) == 1.0
+        motion.append(_host(state.motion_params))
+    assert [trainer.phase(t) for t in range(7)] == ["motion_warmup"] * 2 + ["variance"] * 2 + ["alternating"] * 3
+    assert _max_tree_diff(motion[4], motion[5]) > 0  # step 5: epoch 2, lr (1/3)^0.9 of the lr
+    _assert_trees_equal(motion[5], motion[6])        # step 6: lr 0
+    assert int(state.motion_opt_state[1].count) == 5  # motion updates counted: 2 warm-up + 3 alternating
+
+
 def test_train_and_evaluate_then_resume_matches_uninterrupted(tmp_path, tiny_config):
     config = tiny_config()
     full_dir, split_dir = str(tmp_path / "full"), str(tmp_path / "split")
