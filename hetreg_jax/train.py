@@ -199,8 +199,8 @@ def _train_steps(trainer: Trainer, state, start: int, splits: dict, config, work
     Measurements stay on the device between checks; at every logged, validated or checkpointed step
     all of them since the last check are fetched and checked in order, so the first non-finite step
     is named exactly. No checkpoint is written after a non-finite step or with non-finite parameters.
-    At most ``sharding.MAX_IN_FLIGHT`` steps are dispatched ahead of the devices. Ctrl-C saves a
-    checkpoint of the current step and raises :class:`Interrupted`; a full disk raises a one-line
+    At most ``sharding.MAX_IN_FLIGHT`` steps are dispatched ahead of the devices. Ctrl-C or SIGTERM
+    saves a checkpoint of the current step and raises :class:`Interrupted`; a full disk raises a one-line
     ``OSError`` naming the last good checkpoint.
     """
     from hetreg_jax import evaluation, figures
@@ -227,9 +227,10 @@ def _train_steps(trainer: Trainer, state, start: int, splits: dict, config, work
                 pending += measured
                 done = end
                 last = done == config.num_steps
-                # Read once: a Ctrl-C arriving while this step is logged or saved is acted on at the
-                # next step, which then saves before stopping (never a stop without its checkpoint).
-                stopping = stop.requested
+                # Read once: a Ctrl-C or SIGTERM arriving while this step is logged or saved is acted
+                # on at the next step, which then saves before stopping (never a stop without its
+                # checkpoint). Several processes agree here, so all of them stop at the same step.
+                stopping = stop.agreed()
                 log = done % config.log_every == 0 or last or stopping
                 save = done % config.checkpoint_every == 0 or last or stopping
                 validate = bool(config.eval_every) and done % config.eval_every == 0 and not stopping

@@ -288,11 +288,13 @@ def _start_and_wait_for(cli, workdir, text, *extra):
     raise AssertionError(f"the run ended before printing {text!r}: {proc.stderr.read()[-2000:]}")
 
 
-def test_ctrl_c_saves_the_current_step_then_a_rerun_resumes(cli, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_ctrl_c_saves_the_current_step_then_a_rerun_resumes(cli, tmp_path, signum):
+    # SIGTERM (preemption on SLURM or a Cloud TPU VM) is handled as the first Ctrl-C, with the same exit code.
     workdir = str(tmp_path / "run")
     more = ["--config.num_steps=400", "--config.log_every=10", "--config.checkpoint_every=1000"]
     proc = _start_and_wait_for(cli, workdir, "step 10/400", *more)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     (step,) = complete_steps(os.path.join(workdir, "checkpoints"))
@@ -317,6 +319,27 @@ def test_the_first_ctrl_c_only_asks_and_the_second_stops_at_once():
     finally:
         signal.signal(signal.SIGINT, outer)
     assert before is signal.default_int_handler
+
+
+def test_the_first_sigterm_only_asks_and_restores_the_previous_handlers():
+    from hetreg_jax.interrupt import StopRequest
+
+    seen = []
+    outer = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        with StopRequest() as stop:
+            assert not stop.agreed()  # one process: its own flag, no collective
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+            assert stop.requested and stop.agreed() and not seen
+            assert {s: signal.getsignal(s) for s in before} == before  # a second signal is not ours
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+            assert seen == [signal.SIGTERM]
+        assert {s: signal.getsignal(s) for s in before} == before
+    finally:
+        signal.signal(signal.SIGTERM, outer)
 
 
 def _first_asks_second_stops(StopRequest):

@@ -61,3 +61,34 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
     assert reports[0]["n_evaluated"] == reports[1]["n_evaluated"] > 0
     np.testing.assert_allclose(reports[0]["dice"]["mean"], reports[1]["dice"]["mean"], rtol=1e-4)
     np.testing.assert_allclose(reports[0]["epe"]["mean"], reports[1]["epe"]["mean"], rtol=1e-4)
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tmp_path):
+    import signal
+    import time
+
+    from hetreg_jax.checkpointing import complete_steps
+
+    workdir, port = str(tmp_path / "multi"), _free_port()
+    more = ["--config.num_steps=400", "--config.log_every=10", "--config.checkpoint_every=1000"]
+    procs = [_main(TINY, workdir, "--cpu_devices=2", f"--coordinator_address=127.0.0.1:{port}",
+                   "--num_processes=2", f"--process_id={i}", *more) for i in (0, 1)]
+    try:
+        deadline, seen = time.time() + 300, []
+        for line in procs[0].stdout:  # process 0 prints the progress
+            seen.append(line)
+            if "step 10/400" in line:
+                break
+            assert time.time() < deadline
+        procs[1].send_signal(signal.SIGTERM)  # the other process alone, as a preemption notice may be
+        outputs = ["".join(seen) + procs[0].communicate(timeout=180)[0], procs[1].communicate(timeout=180)[0]]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [130, 130], outputs
+    (step,) = complete_steps(os.path.join(workdir, "checkpoints"))
+    assert 10 <= step < 400
+    stopped = f"stopped at step {step} (checkpoint of step {step} in {workdir}/checkpoints)"
+    assert all(stopped in out for out in outputs), outputs
+    assert "SIGTERM: stopping after this step" in outputs[1] and "SIGTERM" not in outputs[0]
