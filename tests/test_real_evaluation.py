@@ -346,6 +346,7 @@ def test_motion_centre_finds_the_region_that_changes_between_ed_and_es():
     # ring (radius 7 to 12 voxels), not at its centre.
     ring = np.hypot(*np.subtract(preprocess.motion_centre(stack(ed), stack(es), (4.5, 4.5)), (30, 52)))
     assert 6.0 <= ring <= 13.0
+    assert preprocess.motion_centre(stack(ed), stack(ed)) == (47.5, 39.5)  # no motion: the image centre
 
 
 def test_image_centring_of_an_acdc_folder_needs_no_label(tmp_path):

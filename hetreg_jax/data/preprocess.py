@@ -41,7 +41,8 @@ def motion_centre(ed: np.ndarray, es: np.ndarray, spacing: Sequence[float] = (1.
     and ES differ most. Both ``[X, Y, Z]`` (or ``[X, Y]``) stacks are min-max normalised over the
     stack, the absolute difference is averaged over the slices, smoothed with a Gaussian of
     ``sigma_mm`` mm (``spacing``: the in-plane voxel size in mm), and its maximum is the centre (the
-    first one in index order on a tie). The beating ventricles move most between ED and ES; other
+    first one in index order on a tie); identical frames (no difference anywhere) give the image
+    centre. The beating ventricles move most between ED and ES; other
     motion (breathing, a moving bowel) can win on some scans: the crop then misses the heart,
     which ``--mode=inspect`` shows."""
     ed = normalise(np.asarray(ed, np.float32))
@@ -52,6 +53,8 @@ def motion_centre(ed: np.ndarray, es: np.ndarray, spacing: Sequence[float] = (1.
     diff = diff.reshape(*diff.shape[:2], -1).mean(axis=-1)
     sigma = [sigma_mm / float(s) for s in tuple(spacing)[:2]]
     smooth = ndimage.gaussian_filter(diff, sigma, mode="constant")
+    if not smooth.max() > 0:
+        return tuple((n - 1) / 2 for n in smooth.shape)
     return tuple(float(i) for i in np.unravel_index(int(np.argmax(smooth)), smooth.shape))
 
 
