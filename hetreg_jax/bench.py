@@ -38,6 +38,8 @@ flags.DEFINE_integer("infer_batches", 30, "Timed inference batches.")
 flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices (0 = one per core, as many as divide the batch).")
 flags.DEFINE_integer("warmup_calls", 1, "Untimed training calls after the compile call.")
 flags.DEFINE_boolean("compile_only", False, "Compile the training call and report XLA's memory plan only.")
+flags.DEFINE_list("seeds_together", [], "Instead: training pairs/s of S seeds in one program (jax.vmap "
+                  "over the stacked states, as --vmap_seeds trains) for each S listed, e.g. 1,3,8.")
 flags.mark_flags_as_required(["config"])
 _define_sweep_flags()
 
@@ -152,8 +154,71 @@ def benchmark(config, steps: int, infer_batches: int, warmup_calls: int = 1, com
     }
 
 
+def seeds_together(config, counts, steps: int) -> list[dict]:
+    """Training pairs/s of S runs (seeds 0..S-1) in one program, for each S in ``counts``: S = 1 is the
+    single run's chunk of ``steps_per_call`` steps on data held by the devices, S > 1 its ``jax.vmap``
+    over stacked states, data and indices (``StepPrograms.seed_chunk``). Random data, the steady-state
+    phase; the figures are all seeds' pairs together."""
+    from hetreg_jax import steps as steps_lib
+
+    trainer = Trainer(config)
+    programs, mesh, k = trainer.programs, trainer.mesh, config.steps_per_call
+    phase = trainer.phase(10**9)
+    rng = np.random.default_rng(0)
+    n = max(64, config.batch_size)
+    rows = []
+    for count in counts:
+        shape = (count, n, *config.data.image_size, 1)
+        data = {key: rng.random(shape, dtype=np.float32) for key in ("moving", "fixed")}
+        indices = rng.integers(0, n, (count, k, config.batch_size)).astype(np.int32)
+        hp = [steps_lib.hparams(config) for _ in range(count)]
+        for seed, h in enumerate(hp):
+            h["seed"] = np.int32(seed)
+        states = [programs.fresh_state(seed) for seed in range(count)]
+        if count == 1:
+            def call(state, args, program=programs.chunk[phase]):
+                return program(state, *args)
+            state = sharding.replicate(states[0], mesh)
+            args = sharding.replicate(({key: v[0] for key, v in data.items()}, indices[0], np.int32(k), hp[0]), mesh)
+        else:
+            def call(state, args, program=programs.seed_chunk(phase)):
+                return program(state, *args)
+            state = sharding.replicate(jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(states)), mesh)
+            args = sharding.replicate((data, indices, np.int32(k), {key: np.stack([h[key] for h in hp])
+                                                                   for key in hp[0]}), mesh)
+        t0 = time.perf_counter()
+        state, measures = call(state, args)
+        jax.block_until_ready(measures)
+        compile_s = time.perf_counter() - t0
+        state, measures = call(state, args)
+        jax.block_until_ready(measures)
+        calls = max(1, steps // k)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            state, measures = call(state, args)
+        jax.block_until_ready((state, measures))
+        seconds = time.perf_counter() - t0
+        rows.append({"seeds": count, "compile_s": round(compile_s, 2),
+                     "train_pairs_per_s": _figures(count * calls * k * config.batch_size / seconds)})
+    single = next((r["train_pairs_per_s"] for r in rows if r["seeds"] == 1), None)
+    for row in rows:
+        row["vs_one_seed"] = round(row["train_pairs_per_s"] / single, 2) if single else None
+    return rows
+
+
 def main(argv):
     del argv
+    if FLAGS.seeds_together:
+        sharding.configure_cpu_devices([FLAGS.config.batch_size], FLAGS.cpu_devices)
+        config = FLAGS.config
+        print(f"device            {len(jax.devices())}x {jax.devices()[0].device_kind}")
+        print(f"model / method    {config.model} / {config.method}, {list(config.data.image_size)}, batch "
+              f"{config.batch_size}, {config.steps_per_call} step(s) per call")
+        for row in seeds_together(config, [int(c) for c in FLAGS.seeds_together], FLAGS.steps):
+            print(f"{row['seeds']} seed(s) in one program: {row['train_pairs_per_s']:.1f} pairs/s "
+                  f"(x{row['vs_one_seed']} one seed's), compile {row['compile_s']:.1f} s")
+            print(json.dumps(row))
+        return
     if FLAGS.sweep:
         from hetreg_jax import bench_sweep
         bench_sweep.main(FLAGS)

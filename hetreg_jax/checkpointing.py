@@ -155,7 +155,10 @@ class Checkpointer:
         return out["state"], dict(out["meta"])
 
     def close(self) -> None:
-        self._manager.close()
+        """Wait for pending saves and release the manager (a second call does nothing)."""
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
 
 
 class NoSpace(OSError):

@@ -26,6 +26,12 @@ overrides on the command line always win over the profile (the runner's own axes
 seed, fold, γ and noise scale, excepted); each run records the config it used in its
 ``config.json``.
 
+Seeds in one program: with ``--vmap_seeds`` the unfinished seeds of each (dataset, model, method,
+fold, γ, noise scale) train together, ``jax.vmap`` over their stacked states
+(:func:`hetreg_jax.train.train_and_evaluate_together`); their workdirs are those of separate runs.
+Whatever the flag, one (model, method, shape) compiles its training step once for all its seeds, γ
+and noise scales (``steps.programs_for``).
+
 Cross-validation: with ``--config.data.folds=F`` every (method, seed) is run once per fold
 (``--folds=0,2`` picks some; default all), in ``.../seed0_fold2``, so that every subject is tested
 once per seed.
@@ -354,13 +360,61 @@ def train_run(config, workdir: str) -> dict:
         return train.train_and_evaluate(config, workdir, allow_config_change=True)
 
 
+def train_together(configs, workdirs) -> list[dict]:
+    """:func:`train.train_and_evaluate_together`, with the same resume rule as :func:`train_run`."""
+    from hetreg_jax import train
+    from hetreg_jax.workdir import ConfigMismatch
+
+    try:
+        return train.train_and_evaluate_together(configs, workdirs)
+    except ConfigMismatch as exc:
+        if not all(old == "<absent>" for old, _ in exc.differences.values()):
+            raise
+        return train.train_and_evaluate_together(configs, workdirs, allow_config_change=True)
+
+
+def _groups(todo: list, vmap_seeds: bool) -> list[list]:
+    """The unfinished runs in the order they train: with ``vmap_seeds`` the seeds of one (dataset,
+    model, method, fold, γ, noise scale) form one group, trained in one program."""
+    if not vmap_seeds:
+        return [[item] for item in todo]
+    groups: dict = {}
+    for run, config in todo:
+        key = run if run.method in NO_TRAINING else dataclasses.replace(run, seed=0)  # elastix: alone
+        groups.setdefault(key, []).append((run, config))
+    return list(groups.values())
+
+
+def _record(run, workdir: str, exc: BaseException | None, status: dict, say) -> None:
+    from hetreg_jax.workdir import atomic_write_text
+
+    failed = os.path.join(workdir, FAILED_NAME)
+    if exc is None:
+        status[run] = "done"
+        if os.path.exists(failed):
+            os.remove(failed)
+        return
+    atomic_write_text(failed, json.dumps({"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}))
+    status[run] = "failed"
+    say(f"[experiments] {run.label} failed: {exc}")
+
+
 def execute(runs, base, root: str, profile: str, train_fn=None, retry_failed: bool = False,
-            say=print) -> dict[Run, str]:
-    """Train and evaluate every unfinished run in order; returns run -> "done", "skipped", "failed"."""
-    import jax
+            say=print, vmap_seeds: bool = False, together_fn=None) -> dict[Run, str]:
+    """Train and evaluate every unfinished run in order; returns run -> "done", "skipped", "failed".
+
+    With ``vmap_seeds`` the unfinished seeds of one configuration train together in one program
+    (:func:`train_together`): each still gets its own workdir, checkpoints, metrics and evaluation,
+    and the wall time of the group is shared equally among them. A group that cannot train together
+    (runs at different steps) or that fails (e.g. one seed's loss turns non-finite) is trained again
+    one run at a time, resuming where it stopped, so that only the failing run is recorded failed.
+    """
+    from hetreg_jax.workdir import WorkdirLocked
 
     if train_fn is None:
         train_fn = train_run
+    if together_fn is None:
+        together_fn = train_together
     status, todo = {}, []
     for run in runs:
         config = run_config(base, run, profile)
@@ -373,33 +427,53 @@ def execute(runs, base, root: str, profile: str, train_fn=None, retry_failed: bo
         else:
             todo.append((run, config))
     say(f"[experiments] {len(runs)} runs: {len(runs) - len(todo)} finished or failed, {len(todo)} to train")
-    for i, (run, config) in enumerate(todo):
-        workdir = run.path(root)
-        if is_finished(workdir, config) and not stale_evaluation(workdir):  # finished meanwhile elsewhere
-            status[run] = "skipped"
+    done = 0
+    for group in _groups(todo, vmap_seeds):
+        remaining = []
+        for run, config in group:
+            if is_finished(run.path(root), config) and not stale_evaluation(run.path(root)):
+                status[run] = "skipped"  # finished meanwhile, by another process
+            else:
+                remaining.append((run, config))
+        group = remaining
+        if not group:
             continue
-        left = eta(runs, {r for r, _ in todo[i:]}, root)
-        say(f"[experiments] run {i + 1}/{len(todo)}: {run.label} -> {workdir} (ETA of the rest {_clock(left)})")
-        os.makedirs(workdir, exist_ok=True)
-        start = time.time()
-        try:
-            train_fn(config, workdir)
-        except (FloatingPointError, RuntimeError) as exc:
-            from hetreg_jax.workdir import WorkdirLocked, atomic_write_text
-            if isinstance(exc, WorkdirLocked):
+        left = eta(runs, {r for r, _ in todo[done:]}, root)
+        labels = ", ".join(run.label for run, _ in group)
+        say(f"[experiments] run {done + 1}{f'-{done + len(group)}' if len(group) > 1 else ''}/{len(todo)}: "
+            f"{labels}{' (in one program)' if len(group) > 1 else ''} -> "
+            f"{', '.join(run.path(root) for run, _ in group)} (ETA of the rest {_clock(left)})")
+        done += len(group)
+        workdirs = [run.path(root) for run, _ in group]
+        for workdir in workdirs:
+            os.makedirs(workdir, exist_ok=True)
+        if len(group) > 1:
+            start = time.time()
+            try:
+                together_fn([config for _, config in group], workdirs)
+            except WorkdirLocked:
                 raise
-            atomic_write_text(os.path.join(workdir, FAILED_NAME),
-                              json.dumps({"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}))
-            status[run] = "failed"
-            say(f"[experiments] {run.label} failed: {exc}")
-        else:
-            status[run] = "done"
-            failed = os.path.join(workdir, FAILED_NAME)
-            if os.path.exists(failed):
-                os.remove(failed)
-        finally:
-            _add_wall_time(workdir, time.time() - start)
-            jax.clear_caches()
+            except (FloatingPointError, RuntimeError, ValueError) as exc:
+                say(f"[experiments] trained one at a time instead: {str(exc).splitlines()[0]}")
+            else:
+                for (run, _), workdir in zip(group, workdirs):
+                    _record(run, workdir, None, status, say)
+                continue
+            finally:
+                for workdir in workdirs:
+                    _add_wall_time(workdir, (time.time() - start) / len(group))
+        for (run, config), workdir in zip(group, workdirs):
+            start = time.time()
+            try:
+                train_fn(config, workdir)
+            except WorkdirLocked:
+                raise
+            except (FloatingPointError, RuntimeError) as exc:
+                _record(run, workdir, exc, status, say)
+            else:
+                _record(run, workdir, None, status, say)
+            finally:
+                _add_wall_time(workdir, time.time() - start)
     return status
 
 
@@ -442,7 +516,7 @@ TABLES = {
 def run_table(table: str, base, root: str, profile="quick", seeds=(0, 1, 2),
               models=("voxelmorph", "transmorph"), methods=(), datasets=(), gammas=(0, 0.25, 0.5, 0.75, 1),
               noise_scales=(0.5, 1, 2, 4), train_fn=None, report_only=False, retry_failed=False,
-              figures=True, say=print, folds=()) -> list[str]:
+              figures=True, say=print, folds=(), vmap_seeds=False) -> list[str]:
     """Train what ``table`` needs (unless ``report_only``), then write its reports; returns their paths.
     ``profile``: a name of ``PROFILES`` or a :class:`Profile` (with the user's overrides)."""
     if table not in TABLES:
@@ -455,7 +529,8 @@ def run_table(table: str, base, root: str, profile="quick", seeds=(0, 1, 2),
     for method in skipped:
         say(f"[experiments] method {method!r} is not in hetreg_jax.methods.METHODS yet: left out")
     if not report_only:
-        execute(runs, base, root, profile, train_fn=train_fn, retry_failed=retry_failed, say=say)
+        execute(runs, base, root, profile, train_fn=train_fn, retry_failed=retry_failed, say=say,
+                vmap_seeds=vmap_seeds)
     paths = report(runs, base, root, profile, skipped, args)
     for path in paths:
         say(f"[experiments] wrote {path}")
@@ -483,7 +558,7 @@ def main(argv):
         run_table(FLAGS.table, base, os.path.abspath(FLAGS.workdir), profile, FLAGS.seeds, FLAGS.models,
                   FLAGS.methods, FLAGS.datasets, FLAGS.gammas, FLAGS.noise_scales,
                   report_only=FLAGS.report_only, retry_failed=FLAGS.retry_failed, figures=FLAGS.figures,
-                  folds=FLAGS.folds)
+                  folds=FLAGS.folds, vmap_seeds=FLAGS.vmap_seeds)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -508,6 +583,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices (0 = one per core that divides the batches).")
     flags.DEFINE_bool("report_only", False, "Write the reports from the finished runs; train nothing.")
     flags.DEFINE_bool("retry_failed", False, "Train runs recorded as failed again.")
+    flags.DEFINE_bool("vmap_seeds", False, "Train the seeds of each (dataset, model, method, fold, gamma) "
+                      "together in one program (jax.vmap over the stacked states); same per-seed outputs.")
     flags.DEFINE_bool("figures", True, "Draw the figures (fig2 and fig3 load every network of seed 0: slow on a CPU).")
     flags.mark_flags_as_required(["workdir"])
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from hetreg_jax import sharding
 from hetreg_jax.data import pipeline
-from hetreg_jax.steps import chunk_form
+from hetreg_jax.steps import chunk_form, hparams
 
 AUTO_FRACTION = 0.25         # "auto": on the devices up to this share of one device's memory
 AUTO_LIMIT_BYTES = 2 << 30   # ... or up to this where the device does not report its memory (CPU)
@@ -87,8 +87,11 @@ def chunk_end(config, phase_of, start: int, k: int) -> int:
 
 class Feed:
     """Runs steps ``[start, end)`` of one phase and returns the new state and what to check later:
-    ``[(first step number, phase, measurements)]``, the measurements on the device (stacked ``[K]``
-    for a chunk, scalars for a host step)."""
+    ``[[(first step number, phase, measurements, count, row)]]``, one list per run of the state (here
+    one), the measurements on the device: stacked ``[K]`` for a chunk, of which the first ``count``
+    are valid (``[runs, K]`` with the run's ``row`` for :class:`SeedFeed`), or scalars for a host step
+    (``count`` and ``row`` None). They are sliced on the host when fetched
+    (``train.check_pending``), not on the device after each call."""
 
     def __init__(self, trainer, pairs: Mapping, config):
         self.trainer, self.pairs, self.config = trainer, pairs, config
@@ -99,14 +102,21 @@ class Feed:
                                            trainer.mesh)
         self.rows = sharding.process_slice(config.batch_size)
         self.n = pipeline.num_pairs(pairs)
+        self.seeds = [config.seed]
+
+    def member_state(self, state, i: int):
+        """Run ``i``'s state (one run: the state itself)."""
+        del i
+        return state
 
     def run(self, state, start: int, end: int, phase: str):
         cfg = self.config
         if self.on_device and self.trainer.chunk_form == "unrolled" and end - start < cfg.steps_per_call:
-            out = []  # a short chunk runs as one-step calls: two compiled programs, K and 1 steps
+            out = [[] for _ in self.seeds]  # a short chunk runs as one-step calls: two programs, K and 1 steps
             for t in range(start, end):
                 state, measured = self._chunk(state, t, t + 1, phase, rows=1)
-                out += measured
+                for mine, more in zip(out, measured):
+                    mine += more
             return state, out
         if self.on_device:
             return self._chunk(state, start, end, phase, rows=cfg.steps_per_call)
@@ -115,15 +125,59 @@ class Feed:
             batch = sharding.global_batch(
                 pipeline.training_batch(self.pairs, cfg.seed, t, cfg.batch_size, self.rows), self.trainer.mesh)
             state, measures = self.trainer.train_step(phase)(state, batch)
-            out.append((t + 1, phase, measures))
-        return state, out
+            out.append((t + 1, phase, measures, None, None))
+        return state, [out]
+
+    def _indices(self, seed: int, start: int, end: int, rows: int) -> np.ndarray:
+        indices = np.zeros((rows, self.config.batch_size), np.int32)
+        for row, t in enumerate(range(start, end)):
+            indices[row] = pipeline.batch_indices(seed, t, self.n, self.config.batch_size)
+        return indices
 
     def _chunk(self, state, start: int, end: int, phase: str, rows: int):
-        cfg = self.config
-        indices = np.zeros((rows, cfg.batch_size), np.int32)
-        for row, t in enumerate(range(start, end)):
-            indices[row] = pipeline.batch_indices(cfg.seed, t, self.n, cfg.batch_size)
-        length = np.int32(end - start)
+        indices, length = self._indices(self.config.seed, start, end, rows), np.int32(end - start)
         indices, length = sharding.replicate((indices, length), self.trainer.mesh)
         state, stacked = self.trainer.train_chunk(phase)(state, self.data, indices, length)
-        return state, [(start + 1, phase, {k: v[:end - start] for k, v in stacked.items()})]
+        return state, [[(start + 1, phase, stacked, end - start, None)]]
+
+
+class SeedFeed(Feed):
+    """Several runs that differ only in their traced hyper-parameters (seeds, γ, ...) trained in one
+    program: their states stacked on a leading axis, each run's training split and data order (its
+    seed's) stacked too, and ``jax.vmap`` over the chunk of steps (:meth:`steps.StepPrograms.seed_chunk`).
+    The data always stays on the devices. Measurements come back per run, as from :class:`Feed`."""
+
+    def __init__(self, trainers, pairs: list[Mapping], configs):
+        self.trainers, self.configs = list(trainers), list(configs)
+        super().__init__(trainers[0], pairs[0], configs[0])
+        counts = {pipeline.num_pairs(p) for p in pairs}
+        if len(counts) != 1:
+            raise ValueError(f"the runs' training splits differ in size ({sorted(counts)} pairs): "
+                             "train them one at a time")
+        mesh = trainers[0].mesh
+        self.on_device = True
+        size = sum(p[k].nbytes for p in pairs for k in pipeline.IMAGE_KEYS)
+        self.reason = (f"training data: {len(pairs)} runs x {self.n} pairs ({size / 2**20:.1f} MiB) placed on "
+                       f"every device, {self.config.steps_per_call} step(s) per call, runs vmapped")
+        self.data = sharding.replicate({k: np.stack([np.asarray(p[k]) for p in pairs])
+                                        for k in pipeline.IMAGE_KEYS}, mesh)
+        host = [hparams(c) for c in self.configs]
+        self.hparams = sharding.replicate({k: np.stack([h[k] for h in host]) for k in host[0]}, mesh)
+        self.seeds = [c.seed for c in self.configs]
+
+    def stack(self, states):
+        """One state from the runs' states (a leading run axis)."""
+        return sharding.replicate(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
+                                               *jax.device_get(states)), self.trainer.mesh)
+
+    def member_state(self, state, i: int):
+        """Run ``i``'s state, sliced from the stacked one."""
+        return jax.tree.map(lambda x: x[i], state)
+
+    def _chunk(self, state, start: int, end: int, phase: str, rows: int):
+        indices = np.stack([self._indices(seed, start, end, rows) for seed in self.seeds])
+        length = np.int32(end - start)
+        indices, length = sharding.replicate((indices, length), self.trainer.mesh)
+        program = self.trainer.programs.seed_chunk(phase)
+        state, stacked = program(state, self.data, indices, length, self.hparams)
+        return state, [[(start + 1, phase, stacked, end - start, i)] for i in range(len(self.seeds))]

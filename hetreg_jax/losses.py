@@ -147,7 +147,18 @@ def snr(fixed: jax.Array, log_var: jax.Array, gamma: float | jax.Array,
     signal = jnp.square(fixed) if form == "paper" else jnp.abs(fixed)
     inv_var = jnp.exp(jnp.minimum(-log_var, _LOG_VAR_FLOOR))
     base = jnp.minimum(signal * inv_var, _F32_MAX)
-    return jnp.minimum(jnp.power(base, gamma), _F32_MAX)
+    return jnp.minimum(_power(base, gamma), _F32_MAX)
+
+
+def _power(base: jax.Array, exponent: float | jax.Array) -> jax.Array:
+    """``base ** exponent``, with the same float32 results whether ``exponent`` is a constant or a
+    traced value: XLA rewrites a constant exponent 0.5 to a square root and 2 to a product (both
+    within a rounding of ``pow``), so a traced one takes those forms at those values too."""
+    if not isinstance(exponent, jax.Array):
+        return jnp.power(base, exponent)
+    exponent = exponent.astype(base.dtype)
+    return jnp.where(exponent == 0.5, jnp.sqrt(base),
+                     jnp.where(exponent == 2.0, base * base, jnp.power(base, exponent)))
 
 
 def snr_weight(fixed: jax.Array, log_var: jax.Array, gamma: float | jax.Array,

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from hetreg_jax import runtime
+
 DATA_AXIS = "data"
 
 # How many dispatched steps may be unfinished at once (see :class:`InFlight`). XLA:CPU admits 32
@@ -121,14 +123,16 @@ def set_cpu_collective_timeouts(timeouts: Mapping[str, int] = CPU_COLLECTIVE_TIM
 
 
 def configure_cpu_devices(batch_sizes: Sequence[int], requested: int = 0) -> int:
-    """Before any JAX computation: expose the CPU as ``requested`` devices (0 = ``cpu_device_count``)
-    and set the collective time-outs (:data:`CPU_COLLECTIVE_TIMEOUTS`).
+    """Before any JAX computation: expose the CPU as ``requested`` devices (0 = ``cpu_device_count``),
+    set the collective time-outs (:data:`CPU_COLLECTIVE_TIMEOUTS`) and the process-wide settings of
+    :func:`hetreg_jax.runtime.setup` (compilation cache, deterministic GPU ops).
 
     Many XLA:CPU kernels (convolutions included) run on one thread, so a data mesh with one CPU device
     per core keeps every core busy (on 2 cores: 21.9 vs 17.5 training pairs/s, see the README). It
     only affects the CPU backend; on a GPU or TPU host the mesh still spans the accelerators.
     """
     n = requested or cpu_device_count(batch_sizes)
+    runtime.setup()  # the persistent compilation cache and deterministic GPU ops (runtime.py)
     set_cpu_collective_timeouts()
     jax.config.update("jax_num_cpu_devices", n)
     return n

@@ -6,6 +6,7 @@ The algorithm itself, the pure jitted steps, is in ``steps.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -32,16 +33,19 @@ def check_finite(step: int, phase: str, measures: dict,
 def check_pending(pending: list, kept: str) -> dict:
     """Check the measurements of every step since the last check, in order, after one transfer.
 
-    ``pending`` holds ``(first step, phase, device measures)``, the measures scalars (one step) or
-    stacked ``[K]`` (K steps from ``first step`` on); the first non-finite step raises
-    (:func:`check_finite`). Returns the last step's measures as floats.
+    ``pending`` holds ``(first step, phase, device measures, count, row)`` as :class:`feed.Feed`
+    returns them: scalars (one step; ``count`` None) or stacked ``[K]`` (``count`` valid steps from
+    ``first step`` on), ``[runs, K]`` for runs trained together (this run's ``row``); the slicing
+    happens here, on the host. The first non-finite step raises (:func:`check_finite`). Returns the
+    last step's measures as floats.
     """
-    host = jax.device_get([measures for _, _, measures in pending])
+    host = jax.device_get([item[2] for item in pending])
     last = {}
-    for (first, phase, _), measures in zip(pending, host):
-        count = np.size(next(iter(measures.values())))
-        for i in range(count):
-            last = {k: (v[i] if np.ndim(v) else v) for k, v in measures.items()}
+    for (first, phase, _, count, row), measures in zip(pending, host):
+        if row is not None:
+            measures = {k: v[row] for k, v in measures.items()}
+        for i in range(1 if count is None else count):
+            last = {k: (v if count is None else v[i]) for k, v in measures.items()}
             check_finite(first + i, phase, last, kept)
     return {k: float(v) for k, v in last.items()}
 
@@ -153,68 +157,163 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
     metric records past the resumed step. A refused run leaves the workdir as it was.
     Returns the test summary that is also written to ``workdir/eval/test_metrics.json``.
     """
-    from hetreg_jax import evaluation
-    from hetreg_jax import workdir as workdir_lib
-    from hetreg_jax.checkpointing import Checkpointer
-
     if _classical(config):  # elastix: no network; registers the test pairs and writes the same reports
         from hetreg_jax import elastix
         return elastix.evaluate(config, workdir, allow_config_change=allow_config_change)
-    splits, trainer, abstract = _prepare(config, mesh)
+    return train_and_evaluate_together([config], [workdir], mesh, allow_config_change)[0]
+
+
+def same_but_hparams(configs) -> str | None:
+    """Why ``configs`` cannot be trained in one program, or None: they must differ only in the traced
+    hyper-parameters (:data:`steps.HPARAMS`: the seed, γ, β, λ, the learning rates, ...)."""
+    from hetreg_jax.steps import HPARAMS
+
+    def rest(config):
+        flat = dict(_flatten(config.to_dict()))
+        for key in HPARAMS.values():
+            flat.pop(key, None)
+        return flat
+
+    first = rest(configs[0])
+    for config in configs[1:]:
+        other = rest(config)
+        differ = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
+        if differ:
+            return f"the runs differ in {', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}"
+    return None
+
+
+def _flatten(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def train_and_evaluate_together(configs, workdirs, mesh: jax.sharding.Mesh | None = None,
+                                allow_config_change: bool = False) -> list[dict]:
+    """Train several runs that differ only in their traced hyper-parameters (seeds; see
+    :func:`same_but_hparams`) in one program, then evaluate each: one run is
+    :func:`train_and_evaluate`. Each run keeps its own workdir, config record, checkpoints, metrics,
+    validation and evaluation, laid out as if trained alone, and resumes alone or together; the runs
+    must be at the same step (all fresh, or interrupted together). Their states are stacked and the
+    chunk of steps ``jax.vmap``-ped over them (:class:`feed.SeedFeed`); per run, the numbers equal a
+    run trained alone to float rounding. Returns the test summaries, in order.
+    """
+    import contextlib
+
+    from hetreg_jax import evaluation
+    from hetreg_jax import workdir as workdir_lib
+    from hetreg_jax.checkpointing import Checkpointer
+    from hetreg_jax.feed import Feed, SeedFeed
+
+    if len(configs) != len(workdirs) or not configs:
+        raise ValueError("train_and_evaluate_together needs one workdir per config")
+    if len(configs) > 1:
+        why = same_but_hparams(configs)
+        if why or any(_classical(c) for c in configs):
+            raise ValueError(f"cannot train these runs together: {why or 'elastix trains no network'}")
+        if len(set(map(os.path.abspath, workdirs))) != len(workdirs):
+            raise ValueError("cannot train these runs together: two of them share a workdir")
+    prepared = [_prepare(c, mesh) for c in configs]
     lead = jax.process_index() == 0
-    with workdir_lib.WorkdirLock(workdir, enabled=lead) as lock:
-        changes = workdir_lib.config_changes(config, workdir, allow_config_change)
-        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-        try:
+    members, states = [], []
+    with contextlib.ExitStack() as stack:
+        for config, workdir, (splits, trainer, abstract) in zip(configs, workdirs, prepared):
+            lock = stack.enter_context(workdir_lib.WorkdirLock(workdir, enabled=lead))
+            changes = workdir_lib.config_changes(config, workdir, allow_config_change)
+            ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+            stack.callback(ckpt.close)
             state = restore_or_init(trainer, ckpt, config, abstract)
             start = int(jax.device_get(state.step))
             if start > config.num_steps:
                 raise ValueError(f"the latest checkpoint in {ckpt.directory} is at step {start}, past "
                                  f"config.num_steps={config.num_steps}; raise num_steps or use --mode=eval")
+            label = f"seed {config.seed}" if len(configs) > 1 else ""
+            members.append((_Member(config, workdir, trainer, splits, ckpt, label), lock, changes, start))
+            states.append(state)
+        starts = sorted({start for *_, start in members})
+        if len(starts) > 1:
+            raise ValueError(f"cannot train these runs together: their checkpoints are at steps "
+                             f"{', '.join(map(str, starts))}; resume them one at a time")
+        start = starts[0]
+        for member, lock, changes, _ in members:
             if lead:
                 lock.claim()
-                workdir_lib.record_config(config, workdir, changes, start)
-                ckpt.remove_incomplete()
-                workdir_lib.trim_metrics(workdir, start)
+                workdir_lib.record_config(member.config, member.workdir, changes, start)
+                member.ckpt.remove_incomplete()
+                workdir_lib.trim_metrics(member.workdir, start)
             if changes:
-                say("config changed: " + "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changes.items()))
-            if start:
-                say(f"resuming from step {start} ({ckpt.directory})")
-            state = _train_steps(trainer, state, start, splits, config, workdir, ckpt)
-        finally:
-            ckpt.close()
-        say("evaluating the test split ...")
-        outdir = os.path.join(workdir, "eval")
-        summary = evaluation.evaluate(trainer, state, splits["test"], config, outdir)
-        if lead:
-            from hetreg_jax import figures
-            figures.training_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(outdir, "curves.png"))
-    print_summary(summary, outdir)
-    return summary
+                say(f"{member.label}: " * bool(member.label) + "config changed: "
+                    + "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changes.items()))
+        if start:
+            say(f"resuming from step {start} ({', '.join(m.ckpt.directory for m, *_ in members)})")
+        runs = [member for member, *_ in members]
+        if len(runs) == 1:
+            feed, state = Feed(runs[0].trainer, runs[0].splits["train"], runs[0].config), states[0]
+        else:
+            feed = SeedFeed([m.trainer for m in runs], [m.splits["train"] for m in runs], configs)
+            state = feed.stack(states)
+        del states
+        state = _train_loop(runs, state, start, feed)
+        for m, *_ in members:
+            m.ckpt.close()
+        summaries = []
+        for i, m in enumerate(runs):
+            say(f"{m.label}: " * bool(m.label) + "evaluating the test split ...")
+            outdir = os.path.join(m.workdir, "eval")
+            summary = evaluation.evaluate(m.trainer, feed.member_state(state, i), m.splits["test"], m.config, outdir)
+            if lead:
+                from hetreg_jax import figures
+                figures.training_curves(os.path.join(m.workdir, "metrics.jsonl"), os.path.join(outdir, "curves.png"))
+            summaries.append((summary, outdir))
+    for summary, outdir in summaries:
+        print_summary(summary, outdir)
+    return [summary for summary, _ in summaries]
 
 
-def _train_steps(trainer: Trainer, state, start: int, splits: dict, config, workdir: str, ckpt):
+@dataclasses.dataclass
+class _Member:
+    """One run of a training loop: its config, workdir, trainer, splits, checkpointer and writers."""
+    config: Any
+    workdir: str
+    trainer: Trainer
+    splits: dict
+    ckpt: Any
+    label: str = ""
+    writer: Any = None
+    progress: Any = None
+    saved: int | None = None
+    pending: list = dataclasses.field(default_factory=list)
+
+
+def _train_loop(members: list, state, start: int, feed):
     """Steps ``start .. num_steps``: log, validate, check finiteness, checkpoint; the final state.
 
-    Measurements stay on the device between checks; at every logged, validated or checkpointed step
-    all of them since the last check are fetched and checked in order, so the first non-finite step
-    is named exactly. No checkpoint is written after a non-finite step or with non-finite parameters.
-    At most ``sharding.MAX_IN_FLIGHT`` steps are dispatched ahead of the devices. Ctrl-C or SIGTERM
-    saves a checkpoint of the current step and raises :class:`Interrupted`; a full disk raises a one-line
-    ``OSError`` naming the last good checkpoint.
+    ``members`` are the runs whose (stacked) state ``feed`` advances: one, or several trained
+    together (:class:`feed.SeedFeed`), each logged, validated and checkpointed into its own workdir
+    at the same steps as alone. Measurements stay on the device between checks; at every logged,
+    validated or checkpointed step all of them since the last check are fetched and checked in
+    order, so the first non-finite step is named exactly (with its run). No checkpoint is written
+    after a non-finite step or with non-finite parameters. At most ``sharding.MAX_IN_FLIGHT`` steps
+    are dispatched ahead of the devices. Ctrl-C or SIGTERM saves a checkpoint of the current step
+    and raises :class:`Interrupted`; a full disk raises a one-line ``OSError`` naming the last good
+    checkpoint.
     """
     from hetreg_jax import evaluation, figures
     from hetreg_jax.checkpointing import NoSpace
-    from hetreg_jax.feed import Feed, chunk_end
+    from hetreg_jax.feed import chunk_end
     from hetreg_jax.writers import MetricWriter
 
-    feed = Feed(trainer, splits["train"], config)
+    config, trainer = members[0].config, members[0].trainer
     say(feed.reason)
     say(f"compiling the training step, then training to step {config.num_steps} (progress every "
         f"{config.log_every} steps) ...")
-    writer = MetricWriter(workdir, start_step=start)
-    progress = Progress(config.num_steps, start, config.batch_size)
-    saved, pending = (start or None), []
+    for m in members:
+        m.writer = MetricWriter(m.workdir, start_step=start)
+        m.progress = Progress(config.num_steps, start, config.batch_size)
+        m.saved = start or None
     in_flight = sharding.InFlight()
     try:
         with StopRequest() as stop:
@@ -223,8 +322,9 @@ def _train_steps(trainer: Trainer, state, start: int, splits: dict, config, work
                 phase = trainer.phase(done)
                 end = chunk_end(config, trainer.phase, done, config.steps_per_call if feed.on_device else 1)
                 state, measured = feed.run(state, done, end, phase)
-                in_flight.push([m for _, _, m in measured])
-                pending += measured
+                in_flight.push([item[2] for items in measured for item in items])
+                for m, items in zip(members, measured):
+                    m.pending += items
                 done = end
                 last = done == config.num_steps
                 # Read once: a Ctrl-C or SIGTERM arriving while this step is logged or saved is acted
@@ -236,33 +336,43 @@ def _train_steps(trainer: Trainer, state, start: int, splits: dict, config, work
                 validate = bool(config.eval_every) and done % config.eval_every == 0 and not stopping
                 if not (log or save or validate):
                     continue
-                kept = (f"the last good checkpoint (step {saved}) is kept in {ckpt.directory}" if saved
-                        else "no checkpoint was written")
-                measures, pending = check_pending(pending, kept), []
-                writer.write(done, measures)
-                if log:
-                    say(progress.line(done, phase, measures))
-                if validate:
-                    def draw(pairs, pred, step=done):
-                        writer.figure(step, "validation/examples", figures.example_figure(pairs, pred))
-                    dice = evaluation.validation_dice(trainer, state, splits["val"], config, draw)
-                    writer.write(done, {"val_dice": dice})
-                    say(f"step {done}: validation Dice {dice:.2f}%")
-                if save:
-                    if not bool(params_finite(state)):
-                        raise FloatingPointError(
-                            f"non-finite parameters after step {done} (phase {phase}); {kept}")
-                    try:
-                        ckpt.save(done, state, _checkpoint_meta(config, done))
-                    except NoSpace as exc:
-                        raise NoSpace(f"{exc}; {kept}; free some space and rerun the same command "
-                                      "to resume") from None
-                    saved = done
+                for i, m in enumerate(members):
+                    _check_log_save(m, feed.member_state(state, i), done, phase, log, save, validate,
+                                    evaluation, figures, NoSpace)
                 if stopping and not last:
-                    raise Interrupted(done, saved, ckpt.directory)
+                    raise Interrupted(done, members[0].saved, members[0].ckpt.directory)
     finally:
-        writer.close()
+        for m in members:
+            if m.writer is not None:
+                m.writer.close()
     return state
+
+
+def _check_log_save(m: _Member, state, done: int, phase: str, log: bool, save: bool, validate: bool,
+                    evaluation, figures, NoSpace) -> None:
+    """One run's share of a check point of the loop: check, record, log, validate, checkpoint."""
+    kept = (f"the last good checkpoint (step {m.saved}) is kept in {m.ckpt.directory}" if m.saved
+            else "no checkpoint was written")
+    if m.label:
+        kept = f"{kept} ({m.label})"
+    measures, m.pending = check_pending(m.pending, kept), []
+    m.writer.write(done, measures)
+    if log:
+        say(f"{m.label}: " * bool(m.label) + m.progress.line(done, phase, measures))
+    if validate:
+        def draw(pairs, pred, step=done):
+            m.writer.figure(step, "validation/examples", figures.example_figure(pairs, pred))
+        dice = evaluation.validation_dice(m.trainer, state, m.splits["val"], m.config, draw)
+        m.writer.write(done, {"val_dice": dice})
+        say(f"{m.label}: " * bool(m.label) + f"step {done}: validation Dice {dice:.2f}%")
+    if save:
+        if not bool(params_finite(state)):
+            raise FloatingPointError(f"non-finite parameters after step {done} (phase {phase}); {kept}")
+        try:
+            m.ckpt.save(done, state, _checkpoint_meta(m.config, done))
+        except NoSpace as exc:
+            raise NoSpace(f"{exc}; {kept}; free some space and rerun the same command to resume") from None
+        m.saved = done
 
 
 def evaluate_checkpoint(config, workdir: str, mesh: jax.sharding.Mesh | None = None,
