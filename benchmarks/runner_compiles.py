@@ -8,10 +8,12 @@ Runs ``python -m hetreg_jax.experiments --config=configs/quick.py --table=1 --pr
 --models=voxelmorph --datasets=acdc --nofigures`` with ``JAX_LOG_COMPILES=1`` in a subprocess, from
 the source tree ``--code`` (default: this checkout; point it at an older checkout to compare), in a
 fresh workdir and without the persistent compilation cache (every program is really compiled), then
-prints one JSON line: the wall time, all compilations, and those of the training chunk (``jit(run)``).
+prints one JSON line: the wall time, all compilations, those of the training step (``jit(iterate)``,
+one step per call, and ``jit(run)``, a chunk of steps) and the most compiled programs.
 """
 
 import argparse
+import collections
 import json
 import os
 import re
@@ -48,7 +50,8 @@ def main() -> None:
     compiles = re.findall(r"Compiling (\S+)", proc.stderr)
     print(json.dumps({"code": args.code, "seeds": args.seeds, "methods": args.methods, "steps": args.steps,
                       "vmap_seeds": args.vmap_seeds, "wall_s": round(wall, 1), "compilations": len(compiles),
-                      "training_step_compilations": compiles.count("jit(run)")}))
+                      "training_step_compilations": compiles.count("jit(run)") + compiles.count("jit(iterate)"),
+                      "most_compiled": collections.Counter(compiles).most_common(6)}))
 
 
 if __name__ == "__main__":
