@@ -25,7 +25,7 @@ import os
 import jax
 import numpy as np
 
-from hetreg_jax import sharding
+from hetreg_jax.base import sharding
 
 RANGE_TOLERANCE = 1e-4  # float rounding of a [0, 1] normalisation
 
@@ -35,8 +35,8 @@ class Model:
 
     def __init__(self, workdir: str, config=None):
         from hetreg_jax import register as register_lib
-        from hetreg_jax.config_check import validate_config
-        from hetreg_jax.json_config import config_from_json
+        from hetreg_jax.config.check import validate_config
+        from hetreg_jax.config.json_config import config_from_json
 
         self.workdir = os.path.abspath(os.path.expanduser(workdir))
         if config is None:

@@ -10,8 +10,9 @@ import pytest
 from conftest import make_tiny_config
 from scipy import stats
 
-from hetreg_jax import experiment_report as report
-from hetreg_jax import experiments, train
+from hetreg_jax.experiments import report
+from hetreg_jax.experiments import runner as experiments
+from hetreg_jax.train import loop as train
 
 OPTIONS = dict(profile="paper", seeds=[0], models=["voxelmorph"], methods=["mse", "ours"], datasets=["acdc"])
 
@@ -42,7 +43,7 @@ def test_table1_runs_every_method_once_and_writes_the_reports(table):
         n_test = len(list(csv.DictReader(f)))
     from PIL import Image
 
-    from hetreg_jax import experiment_figures
+    from hetreg_jax.experiments import figures as experiment_figures
     rows = min(n_test, experiment_figures.FIG2_PAIRS)  # one row per drawn test pair, none left empty
     assert Image.open(os.path.join(root, "fig2.png")).size[1] == round((2.3 * rows + 0.9) * 110)
     text = open(os.path.join(root, "table1.md"), encoding="utf-8").read()

@@ -12,8 +12,11 @@ import pytest
 from conftest import make_tiny_config
 from scipy import stats
 
-from hetreg_jax import compare, evaluation, experiments, metrics
-from hetreg_jax.config_check import validate_config
+from hetreg_jax.evaluate import compare
+from hetreg_jax.evaluate import evaluation
+from hetreg_jax.experiments import runner as experiments
+from hetreg_jax.core import metrics
+from hetreg_jax.config.check import validate_config
 from hetreg_jax.data import pipeline
 
 
@@ -237,7 +240,7 @@ def test_unit_ttest_ignores_nan_and_counts_the_better_units():
 def test_the_inference_weight_of_a_slice_is_the_same_alone_and_in_a_batch():
     import jax
 
-    from hetreg_jax import steps
+    from hetreg_jax.train import step as steps
 
     config = make_tiny_config()
     trainer = steps.Trainer(config)
@@ -247,7 +250,7 @@ def test_the_inference_weight_of_a_slice_is_the_same_alone_and_in_a_batch():
     batch["fixed"][3] = batch["fixed"][3] * 3.0  # a brighter neighbour changes a batch-wide min-max
     out = jax.device_get(trainer.predict(state, batch))
     together = out["weight"]
-    from hetreg_jax import losses  # the training loss's batch-wide normalisation would differ here
+    from hetreg_jax.core import losses  # the training loss's batch-wide normalisation would differ here
     batch_wide = losses.snr_weight(batch["fixed"], out["log_var"], config.loss.gamma, form=config.loss.snr_form,
                                    mask=losses.foreground_mask(batch["moving"], batch["fixed"]),
                                    scope=config.loss.minmax_scope)

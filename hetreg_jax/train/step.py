@@ -32,8 +32,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from hetreg_jax import losses, methods, sharding, spatial
-from hetreg_jax import train_state as ts
+from hetreg_jax.core import losses
+from hetreg_jax.core import methods
+from hetreg_jax.base import sharding
+from hetreg_jax.core import spatial
+from hetreg_jax.train import state as ts
 from hetreg_jax.models import get_model
 
 # Predicted log-variance is clipped to this range (sigma from 5.5e-4 to 1.8e3 for images in [0, 1])

@@ -46,7 +46,7 @@ class MetricWriter:
         """A matplotlib figure as a TensorBoard image (rendered by its own Agg canvas, then cleared:
         no pyplot); nothing without TensorBoard."""
         if self._tb is not None and fig is not None:
-            from hetreg_jax import plotting
+            from hetreg_jax.base import plotting
 
             self._tb.add_image(tag, plotting.rgb(fig), int(step), dataformats="HWC")
             plotting.close(fig)

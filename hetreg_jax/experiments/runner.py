@@ -14,7 +14,7 @@ whose ``eval/test_metrics.json`` is of its last step is skipped, an interrupted 
 last checkpoint, so rerunning the command continues (and completes with the same numbers). A run
 that fails (e.g. a non-finite loss) is recorded in its ``experiment_failed.json``, skipped on later
 calls (``--retry_failed`` tries again) and footnoted in the tables. The reports (``table1.md`` ...,
-``fig2.png``, ``fig3.png``, ``noise.png``) are written by :mod:`hetreg_jax.experiment_report` at the
+``fig2.png``, ``fig3.png``, ``noise.png``) are written by :mod:`hetreg_jax.experiments.report` at the
 end of every call from whatever runs are finished; ``--report_only`` only writes them.
 
 Profiles: ``paper`` = the ``--config`` file's own values (METHOD.md: 128², 30000 steps, lr 1e-4; for
@@ -28,7 +28,7 @@ seed, fold, γ and noise scale, excepted); each run records the config it used i
 
 Seeds in one program: with ``--vmap_seeds`` the unfinished seeds of each (dataset, model, method,
 fold, γ, noise scale) train together, ``jax.vmap`` over their stacked states
-(:func:`hetreg_jax.train.train_and_evaluate_together`); their workdirs are those of separate runs.
+(:func:`hetreg_jax.train.loop.train_and_evaluate_together`); their workdirs are those of separate runs.
 Whatever the flag, one (model, method, shape) compiles its training step once for all its seeds, γ
 and noise scales (``steps.programs_for``).
 
@@ -49,6 +49,8 @@ import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from hetreg_jax import configs
 
 FLAGS = flags.FLAGS
 
@@ -134,13 +136,12 @@ def load_config_file(path: str):
 
 def base_for(base, dataset: str):
     """The base config of ``dataset``: ``base`` itself, ``base`` with the dataset swapped (2D kinds),
-    or the repository's ``configs/<dataset>.py`` when the dimensionality differs."""
+    or the bundled ``hetreg_jax/configs/<dataset>.py`` when the dimensionality differs."""
     three_d = lambda kind: kind == "echo3d"  # noqa: E731
     if base.data.dataset == dataset:
         return copy.deepcopy(base)
     if three_d(dataset) != three_d(base.data.dataset):
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        return load_config_file(os.path.join(root, "configs", f"{dataset}.py"))
+        return load_config_file(configs.path(dataset))
     config = copy.deepcopy(base)
     with config.unlocked():
         config.data.dataset = dataset
@@ -213,7 +214,7 @@ def run_config(base, run: Run, profile):
 
 
 def known_methods() -> set[str]:
-    from hetreg_jax import methods
+    from hetreg_jax.core import methods
 
     return set(methods.METHODS)
 
@@ -276,7 +277,7 @@ def is_finished(workdir: str, config) -> bool:
 def stale_evaluation(workdir: str) -> bool:
     """Whether the run's test reports were written by an older evaluation (``EVAL_VERSION``): its
     final checkpoint is evaluated again (no training) to add what the newer one reports."""
-    from hetreg_jax import evaluation
+    from hetreg_jax.evaluate import evaluation
 
     path = os.path.join(workdir, "eval", "test_metrics.json")
     with open(path, encoding="utf-8") as f:
@@ -300,7 +301,7 @@ def wall_time(workdir: str) -> float | None:
 
 
 def _add_wall_time(workdir: str, seconds: float) -> None:
-    from hetreg_jax.workdir import atomic_write_text
+    from hetreg_jax.base.workdir import atomic_write_text
 
     total = (wall_time(workdir) or 0.0) + seconds
     atomic_write_text(os.path.join(workdir, TIMING_NAME), json.dumps({"wall_s": total}))
@@ -349,8 +350,8 @@ def _clock(seconds: float | None) -> str:
 def train_run(config, workdir: str) -> dict:
     """``train.train_and_evaluate``; a run started before config keys were added to hetreg_jax
     resumes (its record lacks only those keys, which take their defaults: the same computation)."""
-    from hetreg_jax import train
-    from hetreg_jax.workdir import ConfigMismatch
+    from hetreg_jax.train import loop as train
+    from hetreg_jax.base.workdir import ConfigMismatch
 
     try:
         return train.train_and_evaluate(config, workdir)
@@ -362,8 +363,8 @@ def train_run(config, workdir: str) -> dict:
 
 def train_together(configs, workdirs) -> list[dict]:
     """:func:`train.train_and_evaluate_together`, with the same resume rule as :func:`train_run`."""
-    from hetreg_jax import train
-    from hetreg_jax.workdir import ConfigMismatch
+    from hetreg_jax.train import loop as train
+    from hetreg_jax.base.workdir import ConfigMismatch
 
     try:
         return train.train_and_evaluate_together(configs, workdirs)
@@ -386,7 +387,7 @@ def _groups(todo: list, vmap_seeds: bool) -> list[list]:
 
 
 def _record(run, workdir: str, exc: BaseException | None, status: dict, say) -> None:
-    from hetreg_jax.workdir import atomic_write_text
+    from hetreg_jax.base.workdir import atomic_write_text
 
     failed = os.path.join(workdir, FAILED_NAME)
     if exc is None:
@@ -409,7 +410,7 @@ def execute(runs, base, root: str, profile: str, train_fn=None, retry_failed: bo
     (runs at different steps) or that fails (e.g. one seed's loss turns non-finite) is trained again
     one run at a time, resuming where it stopped, so that only the failing run is recorded failed.
     """
-    from hetreg_jax.workdir import WorkdirLocked
+    from hetreg_jax.base.workdir import WorkdirLocked
 
     if train_fn is None:
         train_fn = train_run
@@ -497,7 +498,7 @@ def table_runs(table: str, base, args: dict):
 
 def _report(name: str):
     def report(runs, base, root, profile, skipped, args):
-        from hetreg_jax import experiment_report
+        from hetreg_jax.experiments import report as experiment_report
         return getattr(experiment_report, name)(runs, base, root, profile, skipped, args)
     return report
 
@@ -527,7 +528,7 @@ def run_table(table: str, base, root: str, profile="quick", seeds=(0, 1, 2),
     make_runs, report = TABLES[table]
     runs, skipped = make_runs(table, base, args)
     for method in skipped:
-        say(f"[experiments] method {method!r} is not in hetreg_jax.methods.METHODS yet: left out")
+        say(f"[experiments] method {method!r} is not in hetreg_jax.core.methods.METHODS yet: left out")
     if not report_only:
         execute(runs, base, root, profile, train_fn=train_fn, retry_failed=retry_failed, say=say,
                 vmap_seeds=vmap_seeds)
@@ -545,13 +546,12 @@ def main(argv):
     if base is None:
         print("error: --config=configs/<name>.py is required", file=sys.stderr)
         sys.exit(2)
-    from hetreg_jax import sharding
+    from hetreg_jax.base import sharding
 
     batch_sizes = [base.batch_size, base.eval.batch_size]
     if FLAGS.table == "3" or "echo3d" in FLAGS.datasets:
         batch_sizes += [QUICK["echo3d"]["batch_size"]] if FLAGS.profile in ("quick", "cpu") else \
-            [load_config_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                           "configs", "echo3d.py")).batch_size]
+            [load_config_file(configs.path("echo3d")).batch_size]
     sharding.initialize(batch_sizes, FLAGS.cpu_devices)
     try:
         profile = Profile(FLAGS.profile, explicit_overrides(sys.argv[1:], base))

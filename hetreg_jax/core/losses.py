@@ -243,7 +243,7 @@ def weighted_smoothness(field: jax.Array, weight: jax.Array) -> jax.Array:
     linear interpolation with aligned corners (`spatial.resize_to`, as VoxelMorph resizes the
     velocity).
     """
-    from hetreg_jax import spatial
+    from hetreg_jax.core import spatial
 
     ndim = field.ndim - 2
     if tuple(weight.shape[1:-1]) != tuple(field.shape[1:-1]):

@@ -36,8 +36,8 @@ def config_from_json(path: str) -> ml_collections.ConfigDict:
         raise ValueError(f"{path}: not a readable JSON config ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a config (a JSON object is expected)")
-    from hetreg_jax import default_config
-    from hetreg_jax.workdir import flatten
+    from hetreg_jax.config import defaults as default_config
+    from hetreg_jax.base.workdir import flatten
 
     config = default_config.get_config()  # keys added since the run was recorded keep their defaults
     for key, value in flatten(data).items():

@@ -13,7 +13,7 @@ from typing import Callable
 
 import jax
 
-from hetreg_jax import losses
+from hetreg_jax.core import losses
 
 
 # A data term: (loss settings, fixed, warped, weight, mask, log_var) -> the scalar to minimise.

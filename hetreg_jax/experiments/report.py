@@ -17,7 +17,8 @@ import os
 
 import numpy as np
 
-from hetreg_jax import evaluation, metrics
+from hetreg_jax.evaluate import evaluation
+from hetreg_jax.core import metrics
 
 CONTOUR = (("dice", "Dice %", True), ("hd", "HD px", False), ("asd", "ASD px", False))
 DATASET_NAMES = {"acdc": "ACDC-like", "camus": "CAMUS-like", "echo3d": "3D echo-like"}
@@ -95,7 +96,7 @@ def read_summary(workdir: str) -> dict | None:
 
 
 def finished(run, base, root, profile) -> bool:
-    from hetreg_jax import experiments
+    from hetreg_jax.experiments import runner as experiments
 
     return experiments.is_finished(run.path(root), experiments.run_config(base, run, profile))
 
@@ -154,9 +155,9 @@ def _method_rows(runs) -> list[tuple[str, str]]:
 
 
 def _footnotes(runs, root, skipped) -> list[str]:
-    from hetreg_jax import experiments
+    from hetreg_jax.experiments import runner as experiments
 
-    notes = [f"- `{m}`: not in `hetreg_jax.methods.METHODS` when the table was written; not run."
+    notes = [f"- `{m}`: not in `hetreg_jax.core.methods.METHODS` when the table was written; not run."
              for m in skipped]
     for run in runs:
         error = experiments.failure(run.path(root))
@@ -178,7 +179,7 @@ def _write_markdown(root: str, name: str, text: list[str], runs, skipped) -> str
 
 
 def _setting(runs, base, root, profile) -> str:
-    from hetreg_jax import experiments
+    from hetreg_jax.experiments import runner as experiments
 
     trained = [r for r in runs if r.method not in experiments.NO_TRAINING]
     if not trained:
@@ -332,7 +333,7 @@ def _paper_value(paper, paper_datasets, dataset, model, method, metric) -> float
 
 def cost_table(runs, base, root, profile, datasets) -> str:
     """Wall time per run (training + test evaluation; Elastix: registration of the test pairs)."""
-    from hetreg_jax import experiments
+    from hetreg_jax.experiments import runner as experiments
 
     record = os.path.join(root, "inference_time.json")
     inference = json.load(open(record, encoding="utf-8")) if os.path.isfile(record) else {}
@@ -368,7 +369,7 @@ def report_table1(runs, base, root, profile, skipped, args, name="table1", title
     datasets = list(dict.fromkeys(r.dataset for r in runs))
     figures = []
     if name == "table1" and args.get("figures", True):  # first: fig2 measures the inference times
-        from hetreg_jax import experiment_figures
+        from hetreg_jax.experiments import figures as experiment_figures
         os.makedirs(root, exist_ok=True)
         figures = [p for p in (experiment_figures.fig2(runs, base, root, profile),
                                experiment_figures.fig3(runs, base, root, profile)) if p]
@@ -418,7 +419,7 @@ NO_TEST = dict(t=math.nan, p=math.nan, n=0, mean_diff=math.nan, mean_a=math.nan,
 def paired(runs_a, runs_b, root, metric="dice") -> dict:
     """compare.compare of two run lists, paired replicate by replicate ((seed, fold)) and pair by
     pair_id, with the patient as the unit of the test; NaN result if none."""
-    from hetreg_jax import compare
+    from hetreg_jax.evaluate import compare
 
     replicates = sorted({(r.seed, r.fold) for r in runs_a} & {(r.seed, r.fold) for r in runs_b}, key=str)
     a = [next(r for r in runs_a if (r.seed, r.fold) == k).path(root) for k in replicates]
@@ -529,7 +530,7 @@ def report_noise(runs, base, root, profile, skipped, args) -> list[str]:
     path = _write_markdown(root, "noise.md", text, runs, skipped)
     if not args.get("figures", True):
         return [path]
-    from hetreg_jax import experiment_figures
+    from hetreg_jax.experiments import figures as experiment_figures
     figure = experiment_figures.noise_figure(results, scales, methods, os.path.join(root, "noise.png"))
     return [path] + ([figure] if figure else [])
 
@@ -575,6 +576,6 @@ def report_table5(runs, base, root, profile, skipped, args) -> list[str]:
     path = _write_markdown(root, "table5.md", text, runs, skipped)
     if not args.get("figures", True):
         return [path]
-    from hetreg_jax import experiment_figures
+    from hetreg_jax.experiments import figures as experiment_figures
     figure = experiment_figures.fig4(runs, base, root, profile)
     return [path] + ([figure] if figure else [])

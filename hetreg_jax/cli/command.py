@@ -17,7 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hetreg_jax import cli
+from hetreg_jax.cli import checks as cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A bundled config by name (default, acdc, camus, echo3d, quick), "
@@ -58,7 +58,8 @@ def run(argv):
                      FLAGS.moving_label, FLAGS.fixed_label)
     import jax
 
-    from hetreg_jax import sharding, train
+    from hetreg_jax.base import sharding
+    from hetreg_jax.train import loop as train
 
     sharding.initialize([config.batch_size, config.eval.batch_size], FLAGS.cpu_devices, FLAGS.distributed,
                         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -93,7 +94,7 @@ def parse_flags(argv):
 
 
 def main(argv):
-    from hetreg_jax.interrupt import EXIT_CODE, Interrupted
+    from hetreg_jax.base.interrupt import EXIT_CODE, Interrupted
 
     if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
         logging.set_verbosity(logging.WARNING)  # progress is printed; library INFO logs only on request

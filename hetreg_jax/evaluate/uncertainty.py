@@ -25,7 +25,7 @@ from typing import Mapping
 
 import numpy as np
 
-from hetreg_jax import metrics
+from hetreg_jax.core import metrics
 
 CALIBRATION_BINS = 10
 PAIR_KEYS = ("sigma_i_pearson", "sigma_i_spearman", "sigma_i_median_ratio", "sigma_z_mean",

@@ -30,9 +30,9 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from hetreg_jax import sharding
+from hetreg_jax.base import sharding
 from hetreg_jax.data import pipeline
-from hetreg_jax.steps import chunk_form, hparams
+from hetreg_jax.train.step import chunk_form, hparams
 
 AUTO_FRACTION = 0.25         # "auto": on the devices up to this share of one device's memory
 AUTO_LIMIT_BYTES = 2 << 30   # ... or up to this where the device does not report its memory (CPU)

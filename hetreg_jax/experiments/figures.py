@@ -3,7 +3,7 @@
 - ``fig2.png`` (the paper's Fig. 2): a few test pairs of the lowest finished seed, one row each;
   one column per method: the fixed (ES) image cropped to the heart with the ES myocardium (yellow)
   and that method's warped ED myocardium (the method's colour, legend below). Networks predict
-  through ``hetreg_jax.load(workdir)``; Elastix through ``hetreg_jax.elastix.register_pair``.
+  through ``hetreg_jax.load(workdir)``; Elastix through ``hetreg_jax.baselines.elastix.register_pair``.
   The inference time per pair of each network (a second, compiled call over the test pairs) is
   written to ``inference_time.json``.
 - ``fig3.png`` (the paper's Fig. 3): per dataset, one test pair of VoxelMorph ``ours``: the fixed
@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from hetreg_jax.experiment_report import METHOD_NAMES, dataset_name, finished, read_summary, row_name
+from hetreg_jax.experiments.report import METHOD_NAMES, dataset_name, finished, read_summary, row_name
 
 MYOCARDIUM = 2
 FIG2_PAIRS = 3
@@ -32,13 +32,13 @@ TRUTH_COLOUR, WARPED_COLOUR = "yellow", "red"
 
 
 def _pyplot():
-    """pyplot's names on Agg figures pyplot does not know of (notebook-safe, ``hetreg_jax.plotting``)."""
-    from hetreg_jax import plotting
+    """pyplot's names on Agg figures pyplot does not know of (notebook-safe, ``hetreg_jax.base.plotting``)."""
+    from hetreg_jax.base import plotting
     return plotting
 
 
 def _test_pairs(run, base, profile) -> dict:
-    from hetreg_jax import experiments
+    from hetreg_jax.experiments import runner as experiments
     from hetreg_jax.data import pipeline
 
     return pipeline.load_splits(experiments.run_config(base, run, profile))["test"]
@@ -55,7 +55,7 @@ def _box(*masks, margin=6):
 
 def _warp_mask(mask: np.ndarray, displacement: np.ndarray) -> np.ndarray:
     """The ED mask carried onto the ES grid (linear, > 0.5: the evaluation's threshold rule)."""
-    from hetreg_jax import spatial
+    from hetreg_jax.core import spatial
 
     warped = spatial.warp(mask[None, ..., None].astype(np.float32), displacement[None].astype(np.float32))
     return np.asarray(warped)[0, ..., 0] > 0.5
@@ -64,7 +64,7 @@ def _warp_mask(mask: np.ndarray, displacement: np.ndarray) -> np.ndarray:
 def _displacements(run, root, config, moving, fixed, times: dict) -> np.ndarray:
     """[B, *S, ndim] displacements of one run on a batch of pairs."""
     if run.method == "elastix":
-        from hetreg_jax import elastix
+        from hetreg_jax.baselines import elastix
         return np.stack([np.asarray(elastix.register_pair(m, f, config)) for m, f in zip(moving, fixed)])
     import hetreg_jax
 
@@ -77,7 +77,7 @@ def _displacements(run, root, config, moving, fixed, times: dict) -> np.ndarray:
 
 
 def fig2(runs, base, root, profile) -> str | None:
-    from hetreg_jax import experiments
+    from hetreg_jax.experiments import runner as experiments
 
     done = [r for r in runs if finished(r, base, root, profile) and r.noise_scale is None and r.gamma is None]
     if not done:
