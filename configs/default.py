@@ -5,3 +5,5 @@ Thin re-export of hetreg_jax/configs/default.py (the installed package's copy, a
 """
 
 from hetreg_jax.configs.default import get_config  # noqa: F401
+
+__all__ = ["get_config"]

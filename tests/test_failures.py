@@ -163,7 +163,7 @@ def test_a_key_the_other_model_reads_is_refused_when_changed(overrides, key, val
 def test_keys_both_models_read_and_defaults_pass():
     import runpy
 
-    from hetreg_jax.experiments import runner as experiments
+    from hetreg_jax.experiments import runs as experiment_runs
 
     # TransMorph reads motion.predict_sigma (its sigma_z head); defaults of the other model's keys,
     # also as lists (a config read back from config.json), pass.
@@ -175,8 +175,8 @@ def test_keys_both_models_read_and_defaults_pass():
         for model in ("voxelmorph", "transmorph"):
             for dataset in ("acdc", "echo3d"):
                 base = runpy.run_path(os.path.join(ROOT, "configs", "acdc.py"))["get_config"]()
-                run = experiments.Run(dataset=dataset, model=model, method="ours", seed=0)
-                config_check.validate_config(experiments.run_config(base, run, profile))
+                run = experiment_runs.Run(dataset=dataset, model=model, method="ours", seed=0)
+                config_check.validate_config(experiment_runs.run_config(base, run, profile))
 
 
 @pytest.mark.parametrize("method,refused", [("ours", True), ("nll", False), ("beta_nll", False), ("mse", False),

@@ -12,6 +12,8 @@ import pytest
 from conftest import make_tiny_config
 
 from hetreg_jax.experiments import runner as experiments
+
+from hetreg_jax.experiments import runs as experiment_runs
 from hetreg_jax.core import losses
 from hetreg_jax.train import step as steps
 from hetreg_jax.train import loop as train
@@ -117,7 +119,7 @@ def test_the_runner_compiles_the_training_step_once_for_all_seeds(tmp_path, capl
     vmapped chunk of the pair once."""
     config = _config(num_steps=3, checkpoint_every=3, **{"loss.gamma": 0.3})  # a structure no other test built
     config.motion.enc_features = (8, 12)
-    runs = experiments.plan("1", [0, 1], ["voxelmorph"], ["ours"], ["acdc"])[0]
+    runs = experiment_runs.plan("1", [0, 1], ["voxelmorph"], ["ours"], ["acdc"])[0]
 
     def compiled(root, **kwargs):
         caplog.clear()

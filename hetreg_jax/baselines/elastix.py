@@ -28,6 +28,12 @@ import tempfile
 import time
 
 import numpy as np
+from hetreg_jax.base import workdir as workdir_lib
+from hetreg_jax.base.progress import print_summary, say
+from hetreg_jax.config.check import ELASTIX_METRICS, validate_config
+from hetreg_jax.core import metrics, spatial
+from hetreg_jax.data import pipeline
+from hetreg_jax.evaluate import evaluation
 
 _ITK = None
 
@@ -142,7 +148,6 @@ def _warp_all(pairs, displacement: np.ndarray, labels=(("myo", 2),)) -> dict[str
     import jax
     import jax.numpy as jnp
 
-    from hetreg_jax.core import spatial
 
     @jax.jit
     def warp(moving, moving_labels, disp):
@@ -188,7 +193,6 @@ def register_split(pairs, config, say=print) -> tuple[dict[str, np.ndarray], dic
             say(f"registered {i + 1}/{n} pairs | {seconds[-1]:.2f} s/pair | ETA {_eta(eta)}")
     shape = pairs["moving"].shape[1:-1]
     displacement = np.stack(fields) if fields else np.zeros((0, *shape, len(shape)), np.float32)
-    from hetreg_jax.evaluate import evaluation
 
     return _warp_all(pairs, displacement, evaluation.structures(config)), {"wall": seconds, "cpu": cpu}
 
@@ -205,12 +209,6 @@ def evaluate(config, workdir: str, out: str | None = None, record: bool = True,
     added to the summary.
     """
     import jax
-
-    from hetreg_jax.evaluate import evaluation
-    from hetreg_jax.base import workdir as workdir_lib
-    from hetreg_jax.config.check import validate_config
-    from hetreg_jax.data import pipeline
-    from hetreg_jax.base.progress import print_summary, say
 
     validate_config(config)
     lead = jax.process_index() == 0
@@ -244,6 +242,4 @@ def evaluate(config, workdir: str, out: str | None = None, record: bool = True,
 
 
 def _timing(seconds: list[float], kind: str) -> dict:
-    from hetreg_jax.core import metrics
-
     return {**metrics.summarize(seconds), "unit": f"s (elastix registration + deformation field, {kind})"}

@@ -28,8 +28,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from hetreg_jax.base import sharding
-from hetreg_jax.core import spatial
+from hetreg_jax.cli import bench_sweep
 from hetreg_jax.cli.bench_sweep import define_flags as _define_sweep_flags
+from hetreg_jax.core import spatial
+from hetreg_jax.train import step as steps_lib
 from hetreg_jax.train.step import Trainer
 
 FLAGS = flags.FLAGS
@@ -160,8 +162,6 @@ def seeds_together(config, counts, steps: int) -> list[dict]:
     single run's chunk of ``steps_per_call`` steps on data held by the devices, S > 1 its ``jax.vmap``
     over stacked states, data and indices (``StepPrograms.seed_chunk``). Random data, the steady-state
     phase; the figures are all seeds' pairs together."""
-    from hetreg_jax.train import step as steps_lib
-
     trainer = Trainer(config)
     programs, mesh, k = trainer.programs, trainer.mesh, config.steps_per_call
     phase = trainer.phase(10**9)
@@ -221,7 +221,6 @@ def main(argv):
             print(json.dumps(row))
         return
     if FLAGS.sweep:
-        from hetreg_jax.cli import bench_sweep
         bench_sweep.main(FLAGS)
         return
     sharding.configure_cpu_devices([FLAGS.config.batch_size], FLAGS.cpu_devices)

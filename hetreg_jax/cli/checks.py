@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from hetreg_jax import configs
 from hetreg_jax.base import workdir as workdir_lib
 from hetreg_jax.config import json_config
 from hetreg_jax.config.check import validate_config
@@ -73,8 +74,6 @@ def _flag_value(argv, name: str) -> str | None:
 def bundled_config_argv(argv: list[str]) -> list[str]:
     """``--config=NAME`` (no such file, and NAME a bundled config: ``hetreg_jax.configs.NAMES``)
     rewritten to that config's file in the package, so ``hetreg --config=acdc`` works anywhere."""
-    from hetreg_jax import configs
-
     out, argv = [], list(argv)
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):

@@ -21,7 +21,9 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from hetreg_jax.data import structures
+from hetreg_jax.config.defaults import get_config
+from hetreg_jax.core import losses, methods
+from hetreg_jax.data import structures, synthetic
 
 MODELS = ("voxelmorph", "transmorph")
 MOTION_SCHEDULES = ("auto", "constant", "poly")
@@ -107,9 +109,6 @@ def _check_model_scope(config) -> None:
     (other than ``predict_sigma``) with TransMorph, ``transmorph.*`` with VoxelMorph; and
     ``motion.bidirectional`` with a separately trained variance net, which is trained on the forward
     (moving -> fixed) pairs only but would weight the backward direction too."""
-    from hetreg_jax.core import methods
-    from hetreg_jax.config.defaults import get_config
-
     defaults = get_config()
     other, unread = (("voxelmorph", VOXELMORPH_ONLY) if config.model == "transmorph"
                      else ("transmorph", TRANSMORPH_ONLY))
@@ -126,10 +125,6 @@ def _check_model_scope(config) -> None:
 
 def validate_config(config) -> None:
     """Raise a one-line ``ValueError`` for the first key whose value cannot run (see the module doc)."""
-    from hetreg_jax.core import losses
-    from hetreg_jax.core import methods
-    from hetreg_jax.data import synthetic
-
     for key in POSITIVE_INTS:
         _check_int(config, key, 1)
     for key in NON_NEGATIVE_INTS:

@@ -6,3 +6,5 @@ Run: hetreg --config=default --workdir=runs/default (or python main.py --config=
 """
 
 from hetreg_jax.config.defaults import get_config  # noqa: F401
+
+__all__ = ["get_config"]

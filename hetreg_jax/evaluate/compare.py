@@ -33,9 +33,9 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from hetreg_jax.evaluate import evaluation
-from hetreg_jax.core import metrics
 from hetreg_jax.base import workdir
+from hetreg_jax.core import metrics
+from hetreg_jax.evaluate import evaluation
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("metrics", ["dice", "hd", "hd95", "asd", "assd", "hd_mm", "hd95_mm", "asd_mm", "assd_mm", "dice_lv", "hd_lv",

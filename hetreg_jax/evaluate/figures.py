@@ -15,6 +15,7 @@ import json
 import os
 
 import numpy as np
+from hetreg_jax.base import plotting
 
 MYOCARDIUM = 2
 EXAMPLE_PAIRS = 4
@@ -23,7 +24,6 @@ CROP_MARGIN = 6  # voxels around the union of the myocardium masks
 
 def _pyplot():
     """pyplot's names on Agg figures pyplot does not know of (notebook-safe, ``hetreg_jax.base.plotting``)."""
-    from hetreg_jax.base import plotting
     return plotting
 
 

@@ -91,7 +91,7 @@ class Feed:
     one), the measurements on the device: stacked ``[K]`` for a chunk, of which the first ``count``
     are valid (``[runs, K]`` with the run's ``row`` for :class:`SeedFeed`), or scalars for a host step
     (``count`` and ``row`` None). They are sliced on the host when fetched
-    (``train.check_pending``), not on the device after each call."""
+    (``loop.check_pending``), not on the device after each call."""
 
     def __init__(self, trainer, pairs: Mapping, config):
         self.trainer, self.pairs, self.config = trainer, pairs, config
