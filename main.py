@@ -6,12 +6,12 @@
     python main.py --workdir=runs/acdc --mode=register \
         --moving=ed.nii.gz --fixed=es.nii.gz [--moving_label=ed_gt.nii.gz [--fixed_label=es_gt.nii.gz]] --out=DIR
 
-The same command as ``hetreg`` (``pip install .``), whose code is hetreg_jax/command.py: any config
+The same command as ``hetreg`` (``pip install .``), whose code is hetreg_jax/cli/command.py: any config
 field can be overridden, e.g. --config.num_steps=500; --config also takes a bundled config's name
 (--config=acdc) or a run's config.json; eval and register use WORKDIR/config.json without --config.
 """
 
-from hetreg_jax.command import entry
+from hetreg_jax.cli.command import entry
 
 if __name__ == "__main__":
     entry()

@@ -8,7 +8,7 @@ dependency and nothing in hetreg_jax imports it. Install it in a separate enviro
         [--size 128] [--threads 2]
 
 It runs, in eager PyTorch (NCHW, float32, CPU), the same iteration that
-``hetreg_jax.steps.Trainer.train_step("alternating")`` compiles (default config, method "ours",
+``hetreg_jax.train.step.Trainer.train_step("alternating")`` compiles (default config, method "ours",
 diffeomorphic VoxelMorph, METHOD.md):
 
 1. motion step: VoxelMorph forward -> warp -> variance U-Net on ``(warped.detach(), fixed)`` under
@@ -20,7 +20,7 @@ diffeomorphic VoxelMorph, METHOD.md):
    backward -> Adam step.
 
 Two ``torch.optim.Adam(lr=1e-4)``. ``mask = (moving != 0) | (fixed != 0)``; every mean runs over all
-elements. The data are one fixed random batch in [0, 1] (as ``hetreg_jax.bench``). Inference is a
+elements. The data are one fixed random batch in [0, 1] (as ``hetreg_jax.cli.bench``). Inference is a
 VoxelMorph forward + warp under ``torch.inference_mode``.
 
 Conventions: images ``[B, 1, H, W]``; displacements ``[B, 2, H, W]`` in pixels, channel k moves
@@ -30,7 +30,7 @@ along spatial axis k (H then W); ``warp(m, u)(x) = m(x + u(x))``, bilinear, zero
 Output: progress lines, then one JSON line
 ``{"framework": "pytorch", "torch": ..., "threads": ..., "train_pairs_per_s": ...,
 "infer_pairs_per_s": ..., ...}``. Train pairs/s counts one alternating iteration (motion step +
-variance step) per batch of pairs, as ``hetreg_jax.bench`` does.
+variance step) per batch of pairs, as ``hetreg_jax.cli.bench`` does.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ LEAKY_SLOPE = 0.2
 INT_STEPS = 7
 INT_DOWNSIZE = 2
 FLOW_INIT_STDDEV = 1e-5
-LOG_VAR_RANGE = (-15.0, 15.0)      # hetreg_jax.steps.LOG_VAR_RANGE
-LOG_VAR_FLOOR = 80.0               # hetreg_jax.losses._LOG_VAR_FLOOR
+LOG_VAR_RANGE = (-15.0, 15.0)      # hetreg_jax.train.step.LOG_VAR_RANGE
+LOG_VAR_FLOOR = 80.0               # hetreg_jax.core.losses._LOG_VAR_FLOOR
 GAMMA, BETA, SMOOTH_WEIGHT, LR = 0.5, 0.5, 0.01, 1e-4
 MOTION_PARAMS, VARIANCE_PARAMS = 109_170, 109_025   # 2D, the hetreg_jax counts
 

@@ -25,7 +25,10 @@ import os
 import jax
 import numpy as np
 
-from hetreg_jax import sharding
+from hetreg_jax import register as register_lib
+from hetreg_jax.base import sharding
+from hetreg_jax.config.check import validate_config
+from hetreg_jax.config.json_config import config_from_json
 
 RANGE_TOLERANCE = 1e-4  # float rounding of a [0, 1] normalisation
 
@@ -34,10 +37,6 @@ class Model:
     """A trained workdir: its config, the restored networks, and registration on numpy arrays."""
 
     def __init__(self, workdir: str, config=None):
-        from hetreg_jax import register as register_lib
-        from hetreg_jax.config_check import validate_config
-        from hetreg_jax.json_config import config_from_json
-
         self.workdir = os.path.abspath(os.path.expanduser(workdir))
         if config is None:
             recorded = os.path.join(self.workdir, "config.json")
@@ -107,8 +106,6 @@ class Model:
         """Register two NIfTI files as ``--mode=register`` does; returns the paths written
         (with ``fixed_label``, ``label_metrics``: Dice, Hausdorff and ASD of the warped label).
         ``resample_moving``: a moving image on another grid is resampled onto the fixed one."""
-        from hetreg_jax import register as register_lib
-
         return register_lib.register(self.config, self.workdir, moving, fixed, out, moving_label,
                                      restored=(self.trainer, self.state), fixed_label=fixed_label,
                                      resample_moving=resample_moving)

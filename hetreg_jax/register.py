@@ -57,8 +57,16 @@ import os
 import jax
 import numpy as np
 
+from hetreg_jax.base import plotting as plt
+from hetreg_jax.base import workdir as workdir_lib
+from hetreg_jax.base.workdir import atomic_write_text, json_safe
+from hetreg_jax.core import metrics, spatial
 from hetreg_jax.data import acdc, nifti, pipeline, preprocess
 from hetreg_jax.data import pairs as pairs_layout
+from hetreg_jax.evaluate import evaluation
+from hetreg_jax.train import loop as train
+from hetreg_jax.train import step as steps
+from hetreg_jax.train.checkpoint import Checkpointer
 
 _LAYOUT_OF_DATASET = {"acdc": "acdc", "camus": "camus", "echo3d": "pairs", "pairs": "pairs"}
 
@@ -167,8 +175,6 @@ def warp_full(image: np.ndarray, displacement: np.ndarray, slicewise: bool, orde
     """``image(x + u(x))`` on the image's own grid (``spatial.warp``: linear, 0 outside).
     ``slicewise``: ``image`` is ``[X, Y, Z]`` and only the first two components of ``u`` are used,
     slice by slice."""
-    from hetreg_jax import spatial
-
     if slicewise:
         moved = spatial.warp(np.moveaxis(image, 2, 0)[..., None].astype(np.float32),
                              np.moveaxis(displacement[..., :2], 2, 0).astype(np.float32), order=order)
@@ -187,9 +193,6 @@ def warp_labels(label: np.ndarray, displacement: np.ndarray, slicewise: bool) ->
 
 def restore(config, workdir: str):
     """``(trainer, state)`` from the latest checkpoint of ``workdir`` (FileNotFoundError if none)."""
-    from hetreg_jax import steps, train
-    from hetreg_jax.checkpointing import Checkpointer
-
     train.validate_config(config)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     message = f"no checkpoint in {ckpt_dir}: train first (--mode=train) or pass the workdir of a trained run"
@@ -212,9 +215,6 @@ def register(config, workdir: str, moving: str, fixed: str, out: str, moving_lab
     ``fixed_label`` (with ``moving_label``): also score the warped label against it
     (:func:`label_metrics`, printed and written to ``label_metrics.json``). ``resample_moving``:
     a moving image on another grid is resampled onto the fixed one (else refused)."""
-    from hetreg_jax import evaluation
-    from hetreg_jax import workdir as workdir_lib
-
     workdir_lib.check_writable(out, "--out")  # before the work, not after it
     if fixed_label is not None and moving_label is None:
         raise ValueError("--fixed_label needs --moving_label (the label that is warped)")
@@ -306,8 +306,6 @@ def label_metrics(warped: np.ndarray, reference: np.ndarray, spacing) -> dict:
     """Dice (%), Hausdorff, HD95 and ASD (reference surface -> warped) of every label value > 0 of
     the reference, in voxels of the fixed grid and in mm (its voxel size). A value the reference
     lacks (e.g. no ES myocardium) is not labelled in that frame: it is not scored."""
-    from hetreg_jax import metrics
-
     out = {}
     for value in sorted(set(np.unique(reference)) - {0}):
         a, b = reference == value, warped == value
@@ -325,7 +323,6 @@ def write_label_metrics(out: str, scores: dict) -> str:
     ``label_metrics.json`` (strict JSON); returns its path."""
     import json
 
-    from hetreg_jax.workdir import atomic_write_text, json_safe
 
     for value, e in scores.items():
         print(f"label {value}: Dice {e['dice']:.2f}%, Hausdorff {e['hd_px']:.2f} px ({e['hd_mm']:.2f} mm), "
@@ -343,8 +340,6 @@ def write_outputs(out: str, fixed: nifti.Volume, full: dict, moving_on_grid: np.
     """Write the NIfTI files and ``overview.png`` on ``fixed``'s geometry (``itk_warp``: the
     vectors of ``itk_warp.nii.gz``, :func:`itk_warp`). ``shown``: ``(moving, fixed, full, window)``
     drawn in the overview instead of the written arrays (e.g. in the canonical orientation)."""
-    from hetreg_jax import workdir as workdir_lib
-
     workdir_lib.ensure_directory(out, "--out")
     geometry = dict(affine=fixed.affine, header=fixed.header)
     paths = {"displacement": nifti.write_vector(os.path.join(out, "displacement.nii.gz"),
@@ -370,8 +365,6 @@ def overview(path: str, moving: np.ndarray, fixed: np.ndarray, full: dict,
     """A 2 x 4 grid: moving, fixed, warped (with the warped label's contours when there is one),
     |fixed - warped|; |u|, log variance, weight. ``window``: the in-plane region shown (the network's
     crop for ACDC-style data). 3D: the middle slice of the last axis, named in the title."""
-    from hetreg_jax import plotting as plt  # Agg figures without pyplot: notebook-safe
-
     depth = fixed.shape[-1] if fixed.ndim == 3 else None
     box = window or (slice(None), slice(None))
 

@@ -12,8 +12,8 @@ import sys
 import jax
 import numpy as np
 
-from hetreg_jax import steps
-from hetreg_jax.checkpointing import Checkpointer
+from hetreg_jax.train import step as steps
+from hetreg_jax.train.checkpoint import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS, CHECKPOINT_EVERY = 40, 4

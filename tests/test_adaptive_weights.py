@@ -5,7 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hetreg_jax import config_check, losses, methods, sharding, spatial, steps
+from hetreg_jax.config import check as config_check
+from hetreg_jax.core import losses
+from hetreg_jax.core import methods
+from hetreg_jax.base import sharding
+from hetreg_jax.core import spatial
+from hetreg_jax.train import step as steps
 from hetreg_jax.data import pipeline
 from conftest import make_tiny_config
 

@@ -124,7 +124,7 @@ def test_transmorph_at_odd_sizes(size):
 
 
 def test_vxm_diff_refuses_sizes_that_need_padding_in_one_line():
-    from hetreg_jax.config_check import validate_config
+    from hetreg_jax.config.check import validate_config
 
     config = make_tiny_config(**{"method": "vxm_diff", "data.image_size": (30, 32)})
     with pytest.raises(ValueError) as info:
@@ -144,7 +144,7 @@ def test_train_evaluate_register_and_api_at_an_odd_2d_size(tmp_path):
     import nibabel as nib
 
     import hetreg_jax
-    from hetreg_jax import train
+    from hetreg_jax.train import loop as train
     from hetreg_jax.data import layouts
 
     layouts.write_acdc(str(tmp_path / "acdc"), 4, size=(40, 38), slices=2, seed=0)
@@ -165,7 +165,7 @@ def test_train_evaluate_register_and_api_at_an_odd_2d_size(tmp_path):
 
 
 def test_train_and_evaluate_at_an_odd_3d_size(tmp_path):
-    from hetreg_jax import train
+    from hetreg_jax.train import loop as train
 
     config = make_tiny_config(**{"data.dataset": "echo3d", "data.image_size": (17, 19, 18), "data.synthetic_subjects": 5,
                                  "num_steps": 2, "checkpoint_every": 2, "log_every": 1, "batch_size": 4})

@@ -9,7 +9,7 @@ import pytest
 
 import hetreg_jax
 from cli_support import ROOT
-from hetreg_jax import spatial
+from hetreg_jax.core import spatial
 from hetreg_jax.data import pipeline
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from hetreg_jax import bench_sweep
+from hetreg_jax.cli import bench_sweep
 
 
 def test_configurations_cover_the_grid_with_remat_only_for_3d_at_k1():

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from hetreg_jax import cli, configs
+from hetreg_jax import configs
+from hetreg_jax.cli import checks as cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hetreg_jax import compare
+from hetreg_jax.evaluate import compare
 
 
 def _write_run(root, rows):
@@ -59,7 +59,7 @@ def test_comma_separated_runs_are_paired_by_position_and_pooled(tmp_path):
 
 def _record_config(root, image_size, dataset="acdc"):
     from conftest import make_tiny_config
-    from hetreg_jax import workdir
+    from hetreg_jax.base import workdir
 
     config = make_tiny_config(**{"data.image_size": image_size, "data.dataset": dataset})
     workdir.record_config(config, root, {})

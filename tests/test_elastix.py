@@ -1,4 +1,4 @@
-"""method="elastix": the classical B-spline baseline (hetreg_jax/elastix.py).
+"""method="elastix": the classical B-spline baseline (hetreg_jax/baselines/elastix.py).
 
 elastix's result must come back in the project's convention (u in voxels, component k along array
 axis k, warp(m, u)(x) = m(x + u(x))); a known translation checks sign and order in 2D and 3D. The
@@ -13,7 +13,11 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_config
-from hetreg_jax import cli, config_check, elastix, spatial, train
+from hetreg_jax.cli import checks as cli
+from hetreg_jax.config import check as config_check
+from hetreg_jax.baselines import elastix
+from hetreg_jax.core import spatial
+from hetreg_jax.train import loop as train
 
 # itk's SWIG types warn on import ("builtin type SwigPyPacked has no __module__ attribute").
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__:DeprecationWarning")

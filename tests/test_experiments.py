@@ -10,8 +10,10 @@ import pytest
 from conftest import make_tiny_config
 from scipy import stats
 
-from hetreg_jax import experiment_report as report
-from hetreg_jax import experiments, train
+from hetreg_jax.experiments import report
+from hetreg_jax.experiments import runner as experiments
+from hetreg_jax.experiments import runs as experiment_runs
+from hetreg_jax.train import loop as train
 
 OPTIONS = dict(profile="paper", seeds=[0], models=["voxelmorph"], methods=["mse", "ours"], datasets=["acdc"])
 
@@ -42,7 +44,7 @@ def test_table1_runs_every_method_once_and_writes_the_reports(table):
         n_test = len(list(csv.DictReader(f)))
     from PIL import Image
 
-    from hetreg_jax import experiment_figures
+    from hetreg_jax.experiments import figures as experiment_figures
     rows = min(n_test, experiment_figures.FIG2_PAIRS)  # one row per drawn test pair, none left empty
     assert Image.open(os.path.join(root, "fig2.png")).size[1] == round((2.3 * rows + 0.9) * 110)
     text = open(os.path.join(root, "table1.md"), encoding="utf-8").read()
@@ -51,7 +53,7 @@ def test_table1_runs_every_method_once_and_writes_the_reports(table):
     for row in ("| Undeformed |", "| VoxelMorph MSE |", "| VoxelMorph ours |", "80.73", "47.98"):
         assert row in text
     for method in ("elastix", "adareg", "adaframe", "ncc"):
-        if method not in experiments.known_methods():
+        if method not in experiment_runs.known_methods():
             assert f"`{method}`" not in text  # only asked-for methods are footnoted
     with open(os.path.join(root, "table1.csv"), newline="") as f:
         records = list(csv.DictReader(f))
@@ -85,7 +87,7 @@ def test_an_interrupted_run_resumes_and_completes_with_the_same_numbers(table, t
         calls.append(workdir)
         return train.train_and_evaluate(config, workdir)
 
-    experiments.execute(experiments.plan("1", [0], ["voxelmorph"], ["mse", "ours"], ["acdc"])[0], _config(), copy,
+    experiments.execute(experiment_runs.plan("1", [0], ["voxelmorph"], ["mse", "ours"], ["acdc"])[0], _config(), copy,
                         "paper", train_fn=counted, say=lambda *a: None)
     assert calls == [run]
     for name in ("mse", "ours"):
@@ -95,7 +97,7 @@ def test_an_interrupted_run_resumes_and_completes_with_the_same_numbers(table, t
 
 
 def _fake_run(root, method, seed, dice, hd, asd):
-    run = experiments.Run("acdc", "voxelmorph", method, seed)
+    run = experiment_runs.Run("acdc", "voxelmorph", method, seed)
     out = os.path.join(run.path(root), "eval")
     os.makedirs(out)
     with open(os.path.join(out, "test_per_pair.csv"), "w", newline="") as f:
@@ -143,11 +145,11 @@ def test_table2_t_test_matches_scipy_on_known_numbers(tmp_path):
 
 def test_eta_uses_the_median_of_the_most_similar_finished_runs(tmp_path):
     root = str(tmp_path)
-    Run = experiments.Run
+    Run = experiment_runs.Run
 
     def finished(run, seconds):
         os.makedirs(run.path(root), exist_ok=True)
-        experiments._add_wall_time(run.path(root), seconds)
+        experiment_runs.add_wall_time(run.path(root), seconds)
         return run
 
     done = [finished(Run("acdc", "voxelmorph", "ours", s), t) for s, t in ((0, 100.0), (1, 120.0), (2, 3000.0))]
@@ -159,7 +161,7 @@ def test_eta_uses_the_median_of_the_most_similar_finished_runs(tmp_path):
     assert experiments.eta(done + todo, todo, root) == pytest.approx(120.0 + 50.0 + 120.0)
     assert experiments.eta(todo, todo, root) is None  # nothing finished: unknown
     os.makedirs(todo[0].path(root))
-    experiments._add_wall_time(todo[0].path(root), 5.0)  # an interrupted run's partial time is not a finished run's
+    experiment_runs.add_wall_time(todo[0].path(root), 5.0)  # an interrupted run's partial time is not a finished run's
     assert experiments.eta(done + todo, todo, root) == pytest.approx(290.0)
     # a later call planning only seed 3 still knows the earlier seeds' finished runs on disk
     for run in done[:3]:
@@ -174,6 +176,6 @@ def test_cost_table_reports_the_median_wall_time_over_seeds(tmp_path):
     root = str(tmp_path)
     runs = [_fake_run(root, "mse", s, [80, 84], [5, 5], [1.0, 1.2]) for s in range(3)]
     for run, seconds in zip(runs, (60.0, 90.0, 1800.0)):  # the third run was made on a busy machine
-        experiments._add_wall_time(run.path(root), seconds)
+        experiment_runs.add_wall_time(run.path(root), seconds)
     text = report.cost_table(runs, _config(), root, "paper", ["acdc"])
     assert "| VoxelMorph MSE | 1.5 min |" in text  # the median, 90 s; the mean would be 11.0 min

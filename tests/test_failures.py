@@ -21,9 +21,11 @@ import pytest
 
 from cli_support import ROOT, error_line, snapshot
 from conftest import make_tiny_config
-from hetreg_jax import config_check, sharding, train
-from hetreg_jax import workdir as workdir_lib
-from hetreg_jax.checkpointing import _is_no_space, complete_steps
+from hetreg_jax.config import check as config_check
+from hetreg_jax.base import sharding
+from hetreg_jax.train import loop as train
+from hetreg_jax.base import workdir as workdir_lib
+from hetreg_jax.train.checkpoint import _is_no_space, complete_steps
 
 
 # ----------------------------------------------------------------------------------- the deadlock
@@ -161,7 +163,7 @@ def test_a_key_the_other_model_reads_is_refused_when_changed(overrides, key, val
 def test_keys_both_models_read_and_defaults_pass():
     import runpy
 
-    from hetreg_jax import experiments
+    from hetreg_jax.experiments import runs as experiment_runs
 
     # TransMorph reads motion.predict_sigma (its sigma_z head); defaults of the other model's keys,
     # also as lists (a config read back from config.json), pass.
@@ -173,8 +175,8 @@ def test_keys_both_models_read_and_defaults_pass():
         for model in ("voxelmorph", "transmorph"):
             for dataset in ("acdc", "echo3d"):
                 base = runpy.run_path(os.path.join(ROOT, "configs", "acdc.py"))["get_config"]()
-                run = experiments.Run(dataset=dataset, model=model, method="ours", seed=0)
-                config_check.validate_config(experiments.run_config(base, run, profile))
+                run = experiment_runs.Run(dataset=dataset, model=model, method="ours", seed=0)
+                config_check.validate_config(experiment_runs.run_config(base, run, profile))
 
 
 @pytest.mark.parametrize("method,refused", [("ours", True), ("nll", False), ("beta_nll", False), ("mse", False),
@@ -309,7 +311,7 @@ def test_ctrl_c_saves_the_current_step_then_a_rerun_resumes(cli, tmp_path, signu
 
 
 def test_the_first_ctrl_c_only_asks_and_the_second_stops_at_once():
-    from hetreg_jax.interrupt import StopRequest
+    from hetreg_jax.base.interrupt import StopRequest
 
     # Python's own handler before, as in a terminal (a pytest-xdist worker installs another one)
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -322,7 +324,7 @@ def test_the_first_ctrl_c_only_asks_and_the_second_stops_at_once():
 
 
 def test_the_first_sigterm_only_asks_and_restores_the_previous_handlers():
-    from hetreg_jax.interrupt import StopRequest
+    from hetreg_jax.base.interrupt import StopRequest
 
     seen = []
     outer = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
@@ -365,7 +367,7 @@ def test_the_lock_names_its_holder_from_the_first_instant_and_refusals_restore_i
     with open(os.path.join(workdir, ".lock"), "w") as f:
         f.write(stale)
     holder = subprocess.Popen(  # takes the lock as soon as it is free, then waits
-        [sys.executable, "-c", "import sys, time\nfrom hetreg_jax.workdir import WorkdirLock, WorkdirLocked\n"
+        [sys.executable, "-c", "import sys, time\nfrom hetreg_jax.base.workdir import WorkdirLock, WorkdirLocked\n"
          "while True:\n    try:\n"
          f"        lock = WorkdirLock({workdir!r}).acquire()\n        break\n"
          "    except WorkdirLocked:\n        time.sleep(0.001)\n"

@@ -10,7 +10,10 @@ import pytest
 
 from cli_support import host_state
 from conftest import make_tiny_config
-from hetreg_jax import config_check, feed, steps, train
+from hetreg_jax.config import check as config_check
+from hetreg_jax.train import feed
+from hetreg_jax.train import step as steps
+from hetreg_jax.train import loop as train
 from hetreg_jax.data import pipeline
 
 

@@ -16,7 +16,8 @@ from conftest import make_tiny_config
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from hetreg_jax import evaluation, register
+from hetreg_jax import register
+from hetreg_jax.evaluate import evaluation
 from hetreg_jax.data import nifti
 
 sitk = pytest.importorskip("SimpleITK")
@@ -265,7 +266,7 @@ def test_sigma_z_in_mm_where_the_network_voxels_are_isotropic(known_network, tmp
 
 def test_an_initialised_model_writes_a_field_that_itk_applies(tmp_path):
     """End to end with a real (freshly initialised) tiny network on an oblique slice stack."""
-    from hetreg_jax import steps
+    from hetreg_jax.train import step as steps
 
     config = make_tiny_config()
     trainer = steps.Trainer(config)

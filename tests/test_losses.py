@@ -1,11 +1,11 @@
-"""Tests for hetreg_jax.losses: analytic values, stop-gradients, the SNR weight, NCC and MI."""
+"""Tests for hetreg_jax.core.losses: analytic values, stop-gradients, the SNR weight, NCC and MI."""
 
 import numpy as np
 import pytest
 import jax
 import jax.numpy as jnp
 
-from hetreg_jax import losses
+from hetreg_jax.core import losses
 
 SIG0 = float(jax.nn.sigmoid(jnp.float32(0.0)))  # 0.5
 SIG1 = float(jax.nn.sigmoid(jnp.float32(1.0)))  # 0.7310586

@@ -1,4 +1,4 @@
-"""Tests for hetreg_jax.metrics: hand-made shapes and fields with analytically known answers."""
+"""Tests for hetreg_jax.core.metrics: hand-made shapes and fields with analytically known answers."""
 
 import math
 import warnings
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hetreg_jax import metrics
+from hetreg_jax.core import metrics
 
 
 def square(shape, lo, hi):
@@ -236,7 +236,7 @@ def test_sd_log_jacobian_rejects_crop_larger_than_field():
 
 
 def test_jacobian_matches_jax_version():
-    spatial = pytest.importorskip("hetreg_jax.spatial")
+    spatial = pytest.importorskip("hetreg_jax.core.spatial")
     rng = np.random.default_rng(0)
     for shape in [(6, 7), (4, 5, 6)]:
         u = rng.normal(scale=0.5, size=shape + (len(shape),)).astype(np.float32)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hetreg_jax import spatial
+from hetreg_jax.core import spatial
 from hetreg_jax.models import (MODEL_NAMES, UNet, VarianceUNet, VoxelMorph, count_params,
                                get_model, init_params)
 from hetreg_jax.models.unet import upsample_nearest

@@ -9,8 +9,8 @@ import sys
 import jax
 import numpy as np
 
-from hetreg_jax import steps
-from hetreg_jax.checkpointing import Checkpointer
+from hetreg_jax.train import step as steps
+from hetreg_jax.train.checkpoint import Checkpointer
 from conftest import make_tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +67,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tm
     import signal
     import time
 
-    from hetreg_jax.checkpointing import complete_steps
+    from hetreg_jax.train.checkpoint import complete_steps
 
     workdir, port = str(tmp_path / "multi"), _free_port()
     more = ["--config.num_steps=400", "--config.log_every=10", "--config.checkpoint_every=1000"]

@@ -1,5 +1,5 @@
 """Figures never switch a notebook's backend: every figure writer draws on its own Agg canvas
-(hetreg_jax/plotting.py), never calls matplotlib.use and never imports pyplot; Model.register
+(hetreg_jax/base/plotting.py), never calls matplotlib.use and never imports pyplot; Model.register
 refuses images that are not normalised as in training."""
 
 import os
@@ -27,7 +27,10 @@ matplotlib.use = refuse
 import json, os
 import nibabel as nib
 import numpy as np
-from hetreg_jax import evaluation, figures, register, writers
+from hetreg_jax import register
+from hetreg_jax.evaluate import evaluation
+from hetreg_jax.evaluate import figures
+from hetreg_jax.base import writers
 from hetreg_jax.data import inspect as data_inspect
 from conftest import make_tiny_config
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from conftest import make_tiny_config
 
-from hetreg_jax import config_check, steps
+from hetreg_jax.config import check as config_check
+from hetreg_jax.train import step as steps
 from hetreg_jax.models import get_model
 
 BF16 = jnp.dtype(jnp.bfloat16)

@@ -11,10 +11,15 @@ import numpy as np
 import pytest
 from conftest import make_tiny_config
 
-from hetreg_jax import experiments, losses, steps, train
-from hetreg_jax.checkpointing import Checkpointer
+from hetreg_jax.experiments import runner as experiments
+
+from hetreg_jax.experiments import runs as experiment_runs
+from hetreg_jax.core import losses
+from hetreg_jax.train import step as steps
+from hetreg_jax.train import loop as train
+from hetreg_jax.train.checkpoint import Checkpointer
 from hetreg_jax.data import pipeline
-from hetreg_jax.feed import Feed
+from hetreg_jax.train.feed import Feed
 
 
 def _config(**overrides):
@@ -114,7 +119,7 @@ def test_the_runner_compiles_the_training_step_once_for_all_seeds(tmp_path, capl
     vmapped chunk of the pair once."""
     config = _config(num_steps=3, checkpoint_every=3, **{"loss.gamma": 0.3})  # a structure no other test built
     config.motion.enc_features = (8, 12)
-    runs = experiments.plan("1", [0, 1], ["voxelmorph"], ["ours"], ["acdc"])[0]
+    runs = experiment_runs.plan("1", [0, 1], ["voxelmorph"], ["ours"], ["acdc"])[0]
 
     def compiled(root, **kwargs):
         caplog.clear()
@@ -142,7 +147,7 @@ def test_the_runner_compiles_the_training_step_once_for_all_seeds(tmp_path, capl
 
 
 def test_the_seed_throughput_benchmark_reports_every_count():
-    from hetreg_jax import bench
+    from hetreg_jax.cli import bench
 
     rows = bench.seeds_together(_config(steps_per_call=2), [1, 2], steps=2)
     assert [r["seeds"] for r in rows] == [1, 2] and rows[0]["vs_one_seed"] == 1.0
@@ -150,7 +155,7 @@ def test_the_seed_throughput_benchmark_reports_every_count():
 
 
 def test_runtime_settings_follow_the_environment(monkeypatch, tmp_path):
-    from hetreg_jax import runtime
+    from hetreg_jax.base import runtime
 
     monkeypatch.setenv(runtime.CACHE_ENV, "off")
     assert runtime.cache_dir() is None

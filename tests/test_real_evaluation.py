@@ -12,8 +12,12 @@ import pytest
 from conftest import make_tiny_config
 from scipy import stats
 
-from hetreg_jax import compare, evaluation, experiments, metrics
-from hetreg_jax.config_check import validate_config
+from hetreg_jax.evaluate import compare
+from hetreg_jax.evaluate import evaluation
+from hetreg_jax.experiments import runner as experiments
+from hetreg_jax.experiments import runs as experiment_runs
+from hetreg_jax.core import metrics
+from hetreg_jax.config.check import validate_config
 from hetreg_jax.data import pipeline
 
 
@@ -61,15 +65,15 @@ def test_bad_fold_structure_and_penalty_keys_are_refused_in_one_line(key, value,
 def test_explicit_overrides_win_over_the_profile_and_the_runner_keeps_its_axes():
     base = make_tiny_config(**{"num_steps": 40, "data.folds": 5})
     argv = ["--config=configs/quick.py", "--config.num_steps=40", "--config.seed=7", "--table=1"]
-    profile = experiments.Profile("quick", experiments.explicit_overrides(argv, base))
+    profile = experiment_runs.Profile("quick", experiment_runs.explicit_overrides(argv, base))
     assert profile.overrides == {"num_steps": 40, "seed": base.seed}
-    run = experiments.Run("acdc", "voxelmorph", "mse", seed=2, fold=3)
-    config = experiments.run_config(base, run, profile)
+    run = experiment_runs.Run("acdc", "voxelmorph", "mse", seed=2, fold=3)
+    config = experiment_runs.run_config(base, run, profile)
     assert config.num_steps == 40  # the quick profile's 600 would have overwritten it
     assert config.optim.motion_lr == 1e-3 and tuple(config.data.image_size) == (64, 64)  # the profile's
     assert config.seed == 2 and config.data.fold == 3  # the run's own axes
-    assert experiments.run_config(base, run, "quick").num_steps == 600
-    assert experiments.run_config(base, run, "cpu").num_steps == 1200
+    assert experiment_runs.run_config(base, run, "quick").num_steps == 600
+    assert experiment_runs.run_config(base, run, "cpu").num_steps == 1200
     assert run.path("W") == os.path.join("W", "acdc", "voxelmorph", "mse", "seed2_fold3")
 
 
@@ -237,7 +241,7 @@ def test_unit_ttest_ignores_nan_and_counts_the_better_units():
 def test_the_inference_weight_of_a_slice_is_the_same_alone_and_in_a_batch():
     import jax
 
-    from hetreg_jax import steps
+    from hetreg_jax.train import step as steps
 
     config = make_tiny_config()
     trainer = steps.Trainer(config)
@@ -247,7 +251,7 @@ def test_the_inference_weight_of_a_slice_is_the_same_alone_and_in_a_batch():
     batch["fixed"][3] = batch["fixed"][3] * 3.0  # a brighter neighbour changes a batch-wide min-max
     out = jax.device_get(trainer.predict(state, batch))
     together = out["weight"]
-    from hetreg_jax import losses  # the training loss's batch-wide normalisation would differ here
+    from hetreg_jax.core import losses  # the training loss's batch-wide normalisation would differ here
     batch_wide = losses.snr_weight(batch["fixed"], out["log_var"], config.loss.gamma, form=config.loss.snr_form,
                                    mask=losses.foreground_mask(batch["moving"], batch["fixed"]),
                                    scope=config.loss.minmax_scope)
@@ -266,7 +270,7 @@ def acdc_table(tmp_path_factory):
     layouts.write_acdc(data, subjects=6, size=(40, 40), slices=2)
     root = str(tmp_path_factory.mktemp("acdc_runs"))
     base = make_tiny_config(**{"data.root": data, "data.folds": 3, "num_steps": 2, "checkpoint_every": 2})
-    profile = experiments.Profile("paper", {})
+    profile = experiment_runs.Profile("paper", {})
     paths = experiments.run_table("1", base, root, profile, seeds=[0], models=["voxelmorph"],
                                   methods=["mse", "ours"], folds=[0], figures=False, say=lambda *a: None)
     paths += experiments.run_table("2", base, root, profile, seeds=[0], models=["voxelmorph"],
@@ -300,7 +304,7 @@ def test_a_stale_evaluation_is_redone_without_training(acdc_table):
     old = json.load(open(path))
     old.pop("eval_version")
     json.dump(old, open(path, "w"))
-    assert experiments.stale_evaluation(run)
+    assert experiment_runs.stale_evaluation(run)
     calls = []
     base = make_tiny_config(**{"data.root": data, "data.folds": 3, "num_steps": 2, "checkpoint_every": 2})
 
@@ -310,7 +314,7 @@ def test_a_stale_evaluation_is_redone_without_training(acdc_table):
 
     experiments.run_table("1", base, root, "paper", seeds=[0], models=["voxelmorph"], methods=["mse"],
                           folds=[0], figures=False, train_fn=counted, say=lambda *a: None)
-    assert calls == [run] and not experiments.stale_evaluation(run)
+    assert calls == [run] and not experiment_runs.stale_evaluation(run)
     assert json.load(open(path))["checkpoint_step"] == 2  # evaluated at the final checkpoint, not retrained
 
 

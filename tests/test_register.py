@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import make_tiny_config
 
-from hetreg_jax import register, train
+from hetreg_jax import register
+from hetreg_jax.train import loop as train
 from hetreg_jax.data import layouts, nifti, preprocess
 
 EDGE = 2  # crop windows of 32 in 40x36 slices

@@ -21,9 +21,11 @@ import pytest
 
 from cli_support import CHECKPOINT_EVERY, NUM_STEPS, ROOT, error_line, host_state, read_bytes, snapshot
 from conftest import make_tiny_config
-from hetreg_jax import losses, steps, train
-from hetreg_jax import workdir as workdir_lib
-from hetreg_jax.checkpointing import Checkpointer, complete_steps
+from hetreg_jax.core import losses
+from hetreg_jax.train import step as steps
+from hetreg_jax.train import loop as train
+from hetreg_jax.base import workdir as workdir_lib
+from hetreg_jax.train.checkpoint import Checkpointer, complete_steps
 
 
 # ----------------------------------------------------------------------------------- crash & resume
@@ -255,7 +257,7 @@ def test_half_written_checkpoints_are_never_picked(trained, tmp_path):
 def test_lock_is_exclusive_and_freed_when_its_holder_is_killed(tmp_path):
     workdir = str(tmp_path / "w")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time\nfrom hetreg_jax.workdir import WorkdirLock\n"
+        [sys.executable, "-c", "import time\nfrom hetreg_jax.base.workdir import WorkdirLock\n"
          f"lock = WorkdirLock({workdir!r}).acquire()\nlock.claim()\nprint('held', flush=True)\ntime.sleep(120)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

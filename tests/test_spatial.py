@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from hetreg_jax import spatial
+from hetreg_jax.core import spatial
 
 
 def _random_image(rng, shape):

@@ -14,7 +14,9 @@ from conftest import make_tiny_config
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from hetreg_jax import evaluation, register, train
+from hetreg_jax import register
+from hetreg_jax.evaluate import evaluation
+from hetreg_jax.train import loop as train
 from hetreg_jax.data import inspect, nifti, pipeline
 from hetreg_jax.data.nifti import DataError
 

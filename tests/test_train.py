@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hetreg_jax import sharding, steps, train
+from hetreg_jax.base import sharding
+from hetreg_jax.train import step as steps
+from hetreg_jax.train import loop as train
 from hetreg_jax.data import pipeline
 from conftest import make_tiny_config
 
@@ -190,7 +192,7 @@ def test_train_and_evaluate_then_resume_matches_uninterrupted(tmp_path, tiny_con
     train.train_and_evaluate(tiny_config(num_steps=3), split_dir)
     resumed = train.train_and_evaluate(config, split_dir)
     trainer = steps.Trainer(config)
-    from hetreg_jax.checkpointing import Checkpointer
+    from hetreg_jax.train.checkpoint import Checkpointer
     states = []
     for d in (full_dir, split_dir):
         ckpt = Checkpointer(os.path.join(d, "checkpoints"))

@@ -14,7 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hetreg_jax import config_check, evaluation, losses, metrics, sharding, steps, train
+from hetreg_jax.config import check as config_check
+from hetreg_jax.core import losses
+from hetreg_jax.core import metrics
+from hetreg_jax.base import sharding
+from hetreg_jax.train import step as steps
+from hetreg_jax.train import loop as train
 from hetreg_jax.data import pipeline
 from conftest import make_tiny_config
 
@@ -188,8 +193,9 @@ def test_sampled_run_resumes_to_the_uninterrupted_result_and_reports_sigma_z(tmp
     for figure in ("uncertainty.png", "sigma_z_calibration.png"):
         assert os.path.getsize(os.path.join(full, "eval", figure)) > 10_000, figure
     # the runner's fig4 draws this run's sigma_z and endpoint error (Table 5's "ours, sigma_z only")
-    from hetreg_jax import experiment_figures, experiments
-    run = experiments.Run("acdc", "voxelmorph", "mse", 0, predict_sigma=True)
+    from hetreg_jax.experiments import figures as experiment_figures
+    from hetreg_jax.experiments import runs as experiment_runs
+    run = experiment_runs.Run("acdc", "voxelmorph", "mse", 0, predict_sigma=True)
     root = str(tmp_path / "table5")
     os.makedirs(os.path.dirname(run.path(root)))
     os.symlink(full, run.path(root))
@@ -224,13 +230,14 @@ def test_register_maps_sigma_z_onto_the_fixed_grid(tmp_path):
 
 def test_table5_plan_and_report_on_known_numbers(tmp_path):
     import csv
-    from hetreg_jax import experiment_report, experiments
+    from hetreg_jax.experiments import report as experiment_report
+    from hetreg_jax.experiments import runs as experiment_runs
 
-    runs, skipped = experiments.plan("5", [0], ["voxelmorph"], [], ["acdc"])
-    assert [(r.method, r.predict_sigma) for r in runs] == list(experiments.TABLE5_ROWS) and not skipped
+    runs, skipped = experiment_runs.plan("5", [0], ["voxelmorph"], [], ["acdc"])
+    assert [(r.method, r.predict_sigma) for r in runs] == list(experiment_runs.TABLE5_ROWS) and not skipped
     assert runs[2].path("W") == os.path.join("W", "acdc", "voxelmorph", "mse_sigma_z", "seed0")
     config = make_tiny_config(num_steps=2)
-    assert experiments.run_config(config, runs[4], "paper").motion.predict_sigma
+    assert experiment_runs.run_config(config, runs[4], "paper").motion.predict_sigma
     root = str(tmp_path)
     for k, run in enumerate(runs):
         out = os.path.join(run.path(root), "eval")

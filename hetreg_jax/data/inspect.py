@@ -24,6 +24,8 @@ import os
 
 import numpy as np
 
+from hetreg_jax.base import plotting as plt
+from hetreg_jax.base import workdir as workdir_lib
 from hetreg_jax.data import pipeline
 
 MONTAGE_PAIRS = 4
@@ -86,7 +88,6 @@ def montage(splits: dict, path: str, count: int = MONTAGE_PAIRS) -> bool:
     ids = sum((splits[name]["pair_id"] for name in pipeline.SPLITS), [])
     if not ids:
         return False
-    from hetreg_jax import plotting as plt  # Agg figures without pyplot: notebook-safe
 
     picks = np.unique(np.linspace(0, len(ids) - 1, min(count, len(ids))).round().astype(int))
     arrays = {k: _concat(splits, k) for k in ("moving", "fixed", "moving_label", "fixed_label")}
@@ -114,8 +115,6 @@ def run(config, workdir: str) -> dict:
     """Load ``config.data`` leniently, write the summary and the montage, print the table.
 
     Holds the workdir lock while it works: a workdir that a run is using is refused ("in use")."""
-    from hetreg_jax import workdir as workdir_lib
-
     workdir_lib.check_writable(workdir)
     with workdir_lib.WorkdirLock(workdir) as lock:
         splits, info = pipeline.load_dataset(config, strict=False)

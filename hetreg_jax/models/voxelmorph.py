@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hetreg_jax import spatial
+from hetreg_jax.core import spatial
 from hetreg_jax.models import padding
 from hetreg_jax.models.unet import DEC_FEATURES, ENC_FEATURES, UNet, conv_layer
 

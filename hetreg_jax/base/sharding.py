@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hetreg_jax import runtime
+from hetreg_jax.base import runtime
 
 DATA_AXIS = "data"
 
@@ -125,7 +125,7 @@ def set_cpu_collective_timeouts(timeouts: Mapping[str, int] = CPU_COLLECTIVE_TIM
 def configure_cpu_devices(batch_sizes: Sequence[int], requested: int = 0) -> int:
     """Before any JAX computation: expose the CPU as ``requested`` devices (0 = ``cpu_device_count``),
     set the collective time-outs (:data:`CPU_COLLECTIVE_TIMEOUTS`) and the process-wide settings of
-    :func:`hetreg_jax.runtime.setup` (compilation cache, deterministic GPU ops).
+    :func:`hetreg_jax.base.runtime.setup` (compilation cache, deterministic GPU ops).
 
     Many XLA:CPU kernels (convolutions included) run on one thread, so a data mesh with one CPU device
     per core keeps every core busy (on 2 cores: 21.9 vs 17.5 training pairs/s, see the README). It

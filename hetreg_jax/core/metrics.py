@@ -152,7 +152,7 @@ def jacobian_determinant_np(displacement) -> np.ndarray:
 
     ``J[..., i, j] = delta_ij + d u_i / d x_j`` with ``np.gradient`` along each spatial axis
     (unit spacing): central differences in the interior, one-sided first differences on the
-    borders. Matches ``hetreg_jax.spatial.jacobian_determinant`` (``jnp.gradient``); the
+    borders. Matches ``hetreg_jax.core.spatial.jacobian_determinant`` (``jnp.gradient``); the
     determinant of an affine field ``u(x) = (A - I) x`` is ``det(A)`` everywhere.
     """
     field = _as_field(displacement)
@@ -163,16 +163,6 @@ def jacobian_determinant_np(displacement) -> np.ndarray:
     grads = [g if isinstance(g, (list, tuple)) else [g] for g in grads]  # ndim == 1 case
     jac = np.stack([np.stack(row, axis=-1) for row in grads], axis=-2) + np.eye(ndim)
     return np.linalg.det(jac)
-
-
-def _select(values: np.ndarray, mask) -> np.ndarray:
-    """``values`` (``[*S]``) at the voxels of a boolean ``mask``, or all of them when ``mask`` is None."""
-    if mask is None:
-        return values
-    mask = _as_mask(mask)
-    if mask.shape != values.shape:
-        raise ValueError(f"mask shape {mask.shape} != field shape {values.shape}")
-    return values[mask]
 
 
 def folding_percent(displacement, mask=None) -> float:

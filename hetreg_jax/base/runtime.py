@@ -1,7 +1,7 @@
 """Process-wide JAX settings made before the first computation: the persistent compilation cache
 and deterministic GPU operations. Both are on by default and switched by environment variables, so
 that every entry point (``main.py``, ``hetreg``, the experiment runner, the benchmarks) and a user's
-own script (``hetreg_jax.runtime.setup()``) behave alike.
+own script (``hetreg_jax.base.runtime.setup()``) behave alike.
 
 - ``HETREG_JAX_COMPILATION_CACHE``: a folder for JAX's persistent compilation cache (default
   ``$XDG_CACHE_HOME/hetreg_jax/jax`` or ``~/.cache/hetreg_jax/jax``), or ``off``. A second process

@@ -13,11 +13,11 @@ from typing import Callable
 
 import jax
 
-from hetreg_jax import losses
+from hetreg_jax.core import losses
 
 
 # A data term: (loss settings, fixed, warped, weight, mask, log_var) -> the scalar to minimise.
-# ``loss`` holds the structural loss keys and the traced hyper-parameters (``steps.hparams``).
+# ``loss`` holds the structural loss keys and the traced hyper-parameters (``train.step.hparams``).
 DataTerm = Callable[..., jax.Array]
 
 
@@ -66,7 +66,7 @@ def _adaframe(loss, fixed, warped, field, mask):
 class Method:
     """One registration method, all of it: its motion loss's data term, how a variance net is trained
     (none, its own β-NLL step alternating with the motion step, or jointly through the data term),
-    and the options that change the motion loss. The training steps (``steps.py``) read nothing else."""
+    and the options that change the motion loss. The training steps (``train/step.py``) read nothing else."""
     name: str
     description: str
     data_term: DataTerm | None     # the motion loss's similarity term (None: elastix, no network)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import jax
 import jax.numpy as jnp
+from hetreg_jax.core import spatial
 
 SNR_FORMS = ("paper", "reference")
 MINMAX_SCOPES = ("tensor", "mask")
@@ -243,8 +244,6 @@ def weighted_smoothness(field: jax.Array, weight: jax.Array) -> jax.Array:
     linear interpolation with aligned corners (`spatial.resize_to`, as VoxelMorph resizes the
     velocity).
     """
-    from hetreg_jax import spatial
-
     ndim = field.ndim - 2
     if tuple(weight.shape[1:-1]) != tuple(field.shape[1:-1]):
         weight = spatial.resize_to(weight, field.shape[1:-1])

@@ -7,7 +7,7 @@ Called by ``evaluation.py`` for every evaluated pair and once for the test split
   predicted and true log σ², and the median ratio σ_pred / σ_true, over the foreground
   (``fixed ≠ 0 or moving ≠ 0``) where the true σ > 0.
 * σ_z (``sigma_z`` of the prediction: the σ_z head's std, or vxm-diff's velocity std mapped to the
-  displacement by ``steps.velocity_sigma_to_displacement``), in voxels:
+  displacement by ``train.step.velocity_sigma_to_displacement``), in voxels:
   - sparsification of the squared TRUE endpoint error ``‖u_pred − u_true‖²`` ranked by σ_z, its
     oracle and AUSE (phantoms), beside the AUSE of an uninformative ranking (the flat line at the
     mean error, ``sigma_z_ause_uninformed``): a σ_z that ranks errors at all must beat it;
@@ -25,7 +25,7 @@ from typing import Mapping
 
 import numpy as np
 
-from hetreg_jax import metrics
+from hetreg_jax.core import metrics
 
 CALIBRATION_BINS = 10
 PAIR_KEYS = ("sigma_i_pearson", "sigma_i_spearman", "sigma_i_median_ratio", "sigma_z_mean",

@@ -30,9 +30,9 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from hetreg_jax import sharding
+from hetreg_jax.base import sharding
 from hetreg_jax.data import pipeline
-from hetreg_jax.steps import chunk_form, hparams
+from hetreg_jax.train.step import chunk_form, hparams
 
 AUTO_FRACTION = 0.25         # "auto": on the devices up to this share of one device's memory
 AUTO_LIMIT_BYTES = 2 << 30   # ... or up to this where the device does not report its memory (CPU)
@@ -91,7 +91,7 @@ class Feed:
     one), the measurements on the device: stacked ``[K]`` for a chunk, of which the first ``count``
     are valid (``[runs, K]`` with the run's ``row`` for :class:`SeedFeed`), or scalars for a host step
     (``count`` and ``row`` None). They are sliced on the host when fetched
-    (``train.check_pending``), not on the device after each call."""
+    (``loop.check_pending``), not on the device after each call."""
 
     def __init__(self, trainer, pairs: Mapping, config):
         self.trainer, self.pairs, self.config = trainer, pairs, config

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 
-from hetreg_jax import workdir as workdir_lib
-from hetreg_jax.config_check import validate_config
+from hetreg_jax import configs
+from hetreg_jax.base import workdir as workdir_lib
+from hetreg_jax.config import json_config
+from hetreg_jax.config.check import validate_config
 
 
 def check_inputs(config, mode: str, workdir: str, out: str | None = None, moving: str | None = None,
@@ -20,7 +22,7 @@ def check_inputs(config, mode: str, workdir: str, out: str | None = None, moving
     validate_config(config)
     if mode == "register" and config.method == "elastix":
         raise ValueError("--mode=register registers with a trained network; method='elastix' has none "
-                         "(in Python: hetreg_jax.elastix.register_pair(moving, fixed, config))")
+                         "(in Python: hetreg_jax.baselines.elastix.register_pair(moving, fixed, config))")
     if mode in ("train", "inspect"):
         workdir_lib.check_writable(workdir)
     elif os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -55,7 +57,7 @@ def one_line(exc: BaseException) -> str:
     return text.replace("\\'", "'").replace('\\"', '"')
 
 
-JSON_LOADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "json_config.py")
+JSON_LOADER = os.path.abspath(json_config.__file__)
 RECORDED_CONFIG_MODES = ("eval", "register")
 
 
@@ -72,8 +74,6 @@ def _flag_value(argv, name: str) -> str | None:
 def bundled_config_argv(argv: list[str]) -> list[str]:
     """``--config=NAME`` (no such file, and NAME a bundled config: ``hetreg_jax.configs.NAMES``)
     rewritten to that config's file in the package, so ``hetreg --config=acdc`` works anywhere."""
-    from hetreg_jax import configs
-
     out, argv = [], list(argv)
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):

@@ -1,7 +1,7 @@
 """The run: restore or initialise, the training loop (logging, validation, finiteness checks,
 checkpoints, Ctrl-C), then the test evaluation; and ``--mode=eval``.
 
-The algorithm itself, the pure jitted steps, is in ``steps.py``.
+The algorithm itself, the pure jitted steps, is in ``step.py``.
 """
 
 from __future__ import annotations
@@ -14,12 +14,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hetreg_jax import sharding
-from hetreg_jax import train_state as ts
-from hetreg_jax.config_check import validate_config
-from hetreg_jax.interrupt import Interrupted, StopRequest
-from hetreg_jax.progress import Progress, print_summary, say
-from hetreg_jax.steps import Trainer
+from hetreg_jax.base import sharding
+from hetreg_jax.base import workdir as workdir_lib
+from hetreg_jax.base.interrupt import Interrupted, StopRequest
+from hetreg_jax.base.progress import Progress, print_summary, say
+from hetreg_jax.base.writers import MetricWriter
+from hetreg_jax.baselines import elastix
+from hetreg_jax.config.check import validate_config
+from hetreg_jax.core import methods
+from hetreg_jax.data import pipeline
+from hetreg_jax.evaluate import evaluation, figures
+from hetreg_jax.train import state as ts
+from hetreg_jax.train.checkpoint import Checkpointer, NoSpace, complete_steps
+from hetreg_jax.train.feed import Feed, SeedFeed, chunk_end
+from hetreg_jax.train.step import HPARAMS, Trainer
 
 
 def check_finite(step: int, phase: str, measures: dict,
@@ -59,8 +67,6 @@ def params_finite(state: ts.TrainState) -> jax.Array:
 
 def _classical(config) -> bool:
     """Whether ``config.method`` trains no network (``method="elastix"``)."""
-    from hetreg_jax import methods
-
     return not methods.get_method(config.method).trainable
 
 
@@ -113,8 +119,6 @@ def restore_or_init(trainer: Trainer, ckpt, config, abstract: Any = None) -> ts.
 
 def load_checkpoint(trainer: Trainer, config, workdir: str, abstract: Any = None) -> ts.TrainState:
     """The latest complete checkpoint of ``workdir`` (read-only); ``FileNotFoundError`` if none."""
-    from hetreg_jax.checkpointing import Checkpointer, complete_steps
-
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not complete_steps(ckpt_dir):
         raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
@@ -131,8 +135,6 @@ def _prepare(config, mesh) -> tuple[dict, Trainer, Any]:
     Returns the splits, the trainer and the abstract state; tracing the networks' initialisation
     (``abstract_state``) surfaces network settings they cannot take (any image size is padded).
     """
-    from hetreg_jax.data import pipeline
-
     validate_config(config)
     data = config.data
     source = data.root or f"built-in {data.dataset} phantoms"
@@ -152,13 +154,12 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
 
     Order: every check that needs no workdir (:func:`_prepare`) runs first; then the workdir is
     locked, the config compared with the recorded one (``allow_config_change`` accepts restricted
-    changes, see :mod:`hetreg_jax.workdir`) and the checkpoint with the config. Only then is anything
+    changes, see :mod:`hetreg_jax.base.workdir`) and the checkpoint with the config. Only then is anything
     written: the lock holder, the config record, the removal of half-written checkpoints and of
     metric records past the resumed step. A refused run leaves the workdir as it was.
     Returns the test summary that is also written to ``workdir/eval/test_metrics.json``.
     """
     if _classical(config):  # elastix: no network; registers the test pairs and writes the same reports
-        from hetreg_jax import elastix
         return elastix.evaluate(config, workdir, allow_config_change=allow_config_change)
     return train_and_evaluate_together([config], [workdir], mesh, allow_config_change)[0]
 
@@ -166,8 +167,6 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
 def same_but_hparams(configs) -> str | None:
     """Why ``configs`` cannot be trained in one program, or None: they must differ only in the traced
     hyper-parameters (:data:`steps.HPARAMS`: the seed, γ, β, λ, the learning rates, ...)."""
-    from hetreg_jax.steps import HPARAMS
-
     def rest(config):
         flat = dict(_flatten(config.to_dict()))
         for key in HPARAMS.values():
@@ -202,11 +201,6 @@ def train_and_evaluate_together(configs, workdirs, mesh: jax.sharding.Mesh | Non
     run trained alone to float rounding. Returns the test summaries, in order.
     """
     import contextlib
-
-    from hetreg_jax import evaluation
-    from hetreg_jax import workdir as workdir_lib
-    from hetreg_jax.checkpointing import Checkpointer
-    from hetreg_jax.feed import Feed, SeedFeed
 
     if len(configs) != len(workdirs) or not configs:
         raise ValueError("train_and_evaluate_together needs one workdir per config")
@@ -265,7 +259,6 @@ def train_and_evaluate_together(configs, workdirs, mesh: jax.sharding.Mesh | Non
             outdir = os.path.join(m.workdir, "eval")
             summary = evaluation.evaluate(m.trainer, feed.member_state(state, i), m.splits["test"], m.config, outdir)
             if lead:
-                from hetreg_jax import figures
                 figures.training_curves(os.path.join(m.workdir, "metrics.jsonl"), os.path.join(outdir, "curves.png"))
             summaries.append((summary, outdir))
     for summary, outdir in summaries:
@@ -301,11 +294,6 @@ def _train_loop(members: list, state, start: int, feed):
     and raises :class:`Interrupted`; a full disk raises a one-line ``OSError`` naming the last good
     checkpoint.
     """
-    from hetreg_jax import evaluation, figures
-    from hetreg_jax.checkpointing import NoSpace
-    from hetreg_jax.feed import chunk_end
-    from hetreg_jax.writers import MetricWriter
-
     config, trainer = members[0].config, members[0].trainer
     say(feed.reason)
     say(f"compiling the training step, then training to step {config.num_steps} (progress every "
@@ -384,13 +372,8 @@ def evaluate_checkpoint(config, workdir: str, mesh: jax.sharding.Mesh | None = N
     workdir ("in use", checked first), when there is no complete checkpoint, when the report folder
     cannot be written, or when the checkpoint belongs to another model/method/size.
     """
-    from hetreg_jax import evaluation
-    from hetreg_jax import workdir as workdir_lib
-    from hetreg_jax.checkpointing import complete_steps
-
     validate_config(config)
     if _classical(config):  # elastix has no checkpoint: --mode=eval registers the test pairs again
-        from hetreg_jax import elastix
         return elastix.evaluate(config, workdir, out=out, record=False)
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     no_checkpoint = f"no checkpoint in {ckpt_dir}: train first (--mode=train)"

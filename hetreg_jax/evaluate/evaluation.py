@@ -35,10 +35,12 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from hetreg_jax import metrics, sharding, uncertainty
-from hetreg_jax.workdir import json_safe
+from hetreg_jax.base import sharding
+from hetreg_jax.base.workdir import json_safe
+from hetreg_jax.core import metrics
 from hetreg_jax.data import pipeline
 from hetreg_jax.data import structures as structures_lib
+from hetreg_jax.evaluate import figures, uncertainty
 
 MYOCARDIUM = 2
 # The version of the per-pair reports: a run evaluated by an older version is evaluated again.
@@ -307,7 +309,6 @@ def score(pairs: Mapping, pred: Mapping, config, outdir: str | None = None, name
     if outdir is not None:
         write_reports(outdir, rows, summary, name)
         if jax.process_index() == 0:
-            from hetreg_jax import figures
             figures.examples(pairs, pred, os.path.join(outdir, f"{name}_examples.png"))
             figures.uncertainty_maps(pairs, pred, os.path.join(outdir, "uncertainty.png"))
             figures.sigma_z_curves(summary, os.path.join(outdir, "sigma_z_calibration.png"))

@@ -17,7 +17,12 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hetreg_jax import cli
+from hetreg_jax import register
+from hetreg_jax.base import sharding
+from hetreg_jax.base.interrupt import EXIT_CODE, Interrupted
+from hetreg_jax.cli import checks as cli
+from hetreg_jax.data import inspect
+from hetreg_jax.train import loop as train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A bundled config by name (default, acdc, camus, echo3d, quick), "
@@ -58,8 +63,6 @@ def run(argv):
                      FLAGS.moving_label, FLAGS.fixed_label)
     import jax
 
-    from hetreg_jax import sharding, train
-
     sharding.initialize([config.batch_size, config.eval.batch_size], FLAGS.cpu_devices, FLAGS.distributed,
                         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
@@ -70,10 +73,8 @@ def run(argv):
     elif FLAGS.mode == "eval":
         train.evaluate_checkpoint(config, FLAGS.workdir, out=FLAGS.out)
     elif FLAGS.mode == "inspect":
-        from hetreg_jax.data import inspect
         inspect.run(config, FLAGS.workdir)
     else:
-        from hetreg_jax import register
         register.register(config, FLAGS.workdir, FLAGS.moving, FLAGS.fixed, FLAGS.out, FLAGS.moving_label,
                           fixed_label=FLAGS.fixed_label, resample_moving=FLAGS.resample_moving)
 
@@ -93,8 +94,6 @@ def parse_flags(argv):
 
 
 def main(argv):
-    from hetreg_jax.interrupt import EXIT_CODE, Interrupted
-
     if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
         logging.set_verbosity(logging.WARNING)  # progress is printed; library INFO logs only on request
     try:

@@ -9,7 +9,7 @@ The joint NLL / beta-NLL baselines update both networks from one loss; the singl
 (mse, ncc, mi, vxm_diff, and adareg / adaframe, whose residual-adaptive weights come from the
 forward warp in ``_motion_loss``) run the motion step alone (``methods.py`` says which). Each step returns a new state
 and a dict of scalar measurements; the state is donated. The run around the steps (data, loop,
-checkpoints, logging) is in ``train.py``.
+checkpoints, logging) is in ``loop.py``.
 
 **One program per structure.** The steps are pure functions ``(state, batch, hparams)``: the
 hyper-parameters that do not change a shape or a code path (:data:`HPARAMS`: γ, β, λ, the learning
@@ -32,9 +32,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from hetreg_jax import losses, methods, sharding, spatial
-from hetreg_jax import train_state as ts
+from hetreg_jax.base import sharding
+from hetreg_jax.core import losses, methods, spatial
 from hetreg_jax.models import get_model
+from hetreg_jax.models.transmorph import transmorph_config, validate_input
+from hetreg_jax.train import state as ts
 
 # Predicted log-variance is clipped to this range (sigma from 5.5e-4 to 1.8e3 for images in [0, 1])
 # so that exp(-log_var) in the SNR and the beta-NLL can never overflow float32.
@@ -69,7 +71,6 @@ def motion_model_kwargs(config) -> dict:
                     int_steps=m.int_steps, int_downsize=m.int_downsize, bidirectional=m.bidirectional,
                     predict_sigma=m.predict_sigma, probabilistic=config.method == "vxm_diff")
     if config.model == "transmorph":
-        from hetreg_jax.models.transmorph import transmorph_config, validate_input
         size = tuple(config.data.image_size)
         kwargs = transmorph_config(len(size), size)
         t = config.transmorph

@@ -21,7 +21,9 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from hetreg_jax.data import structures
+from hetreg_jax.config.defaults import get_config
+from hetreg_jax.core import losses, methods
+from hetreg_jax.data import structures, synthetic
 
 MODELS = ("voxelmorph", "transmorph")
 MOTION_SCHEDULES = ("auto", "constant", "poly")
@@ -31,6 +33,9 @@ DATA_PLACEMENTS = ("auto", "device", "host")
 CHUNK_FORMS = ("auto", "loop", "unrolled")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 REMAT_MODES = ("none", "blocks")
+# elastix.metric: the config's name -> the Elastix metric it selects (hetreg_jax/baselines/elastix.py)
+ELASTIX_METRICS = {"mean_squares": "AdvancedMeanSquares", "mutual_information": "AdvancedMattesMutualInformation",
+                   "ncc": "AdvancedNormalizedCorrelation"}
 POSITIVE_INTS = ("num_steps", "steps_per_epoch", "batch_size", "steps_per_call", "log_every", "checkpoint_every",
                  "keep_checkpoints", "eval.batch_size", "data.slices_per_subject")
 NON_NEGATIVE_INTS = ("seed", "eval_every", "warm_start_epochs", "motion.int_steps", "eval.val_pairs",
@@ -104,9 +109,6 @@ def _check_model_scope(config) -> None:
     (other than ``predict_sigma``) with TransMorph, ``transmorph.*`` with VoxelMorph; and
     ``motion.bidirectional`` with a separately trained variance net, which is trained on the forward
     (moving -> fixed) pairs only but would weight the backward direction too."""
-    from hetreg_jax import methods
-    from hetreg_jax.default_config import get_config
-
     defaults = get_config()
     other, unread = (("voxelmorph", VOXELMORPH_ONLY) if config.model == "transmorph"
                      else ("transmorph", TRANSMORPH_ONLY))
@@ -123,9 +125,6 @@ def _check_model_scope(config) -> None:
 
 def validate_config(config) -> None:
     """Raise a one-line ``ValueError`` for the first key whose value cannot run (see the module doc)."""
-    from hetreg_jax import losses, methods
-    from hetreg_jax.data import synthetic
-
     for key in POSITIVE_INTS:
         _check_int(config, key, 1)
     for key in NON_NEGATIVE_INTS:
@@ -215,9 +214,7 @@ def validate_config(config) -> None:
     if root is not None and (not isinstance(root, str) or not root.strip()):
         raise _refuse("data.root", root, "a folder path, or None for the built-in phantoms")
     _check_int(config, "eval.sparsification_steps", 2)
-    from hetreg_jax import elastix  # light: itk is imported on the first registration only
-
-    _check_choice(config, "elastix.metric", elastix.METRICS)
+    _check_choice(config, "elastix.metric", ELASTIX_METRICS)
     for key in ("elastix.iterations", "elastix.resolutions", "elastix.samples", "elastix.threads"):
         _check_int(config, key, 1)
     _check_number(config, "elastix.grid_spacing", 0.0, low_open=True, note="voxels between B-spline control points")

@@ -3,7 +3,7 @@
 - ``fig2.png`` (the paper's Fig. 2): a few test pairs of the lowest finished seed, one row each;
   one column per method: the fixed (ES) image cropped to the heart with the ES myocardium (yellow)
   and that method's warped ED myocardium (the method's colour, legend below). Networks predict
-  through ``hetreg_jax.load(workdir)``; Elastix through ``hetreg_jax.elastix.register_pair``.
+  through ``hetreg_jax.load(workdir)``; Elastix through ``hetreg_jax.baselines.elastix.register_pair``.
   The inference time per pair of each network (a second, compiled call over the test pairs) is
   written to ``inference_time.json``.
 - ``fig3.png`` (the paper's Fig. 3): per dataset, one test pair of VoxelMorph ``ours``: the fixed
@@ -21,7 +21,12 @@ import time
 
 import numpy as np
 
-from hetreg_jax.experiment_report import METHOD_NAMES, dataset_name, finished, read_summary, row_name
+from hetreg_jax import api
+from hetreg_jax.base import plotting
+from hetreg_jax.baselines import elastix
+from hetreg_jax.core import spatial
+from hetreg_jax.data import pipeline
+from hetreg_jax.experiments.runs import METHOD_NAMES, dataset_name, finished, read_summary, row_name, run_config
 
 MYOCARDIUM = 2
 FIG2_PAIRS = 3
@@ -32,16 +37,12 @@ TRUTH_COLOUR, WARPED_COLOUR = "yellow", "red"
 
 
 def _pyplot():
-    """pyplot's names on Agg figures pyplot does not know of (notebook-safe, ``hetreg_jax.plotting``)."""
-    from hetreg_jax import plotting
+    """pyplot's names on Agg figures pyplot does not know of (notebook-safe, ``hetreg_jax.base.plotting``)."""
     return plotting
 
 
 def _test_pairs(run, base, profile) -> dict:
-    from hetreg_jax import experiments
-    from hetreg_jax.data import pipeline
-
-    return pipeline.load_splits(experiments.run_config(base, run, profile))["test"]
+    return pipeline.load_splits(run_config(base, run, profile))["test"]
 
 
 def _box(*masks, margin=6):
@@ -55,8 +56,6 @@ def _box(*masks, margin=6):
 
 def _warp_mask(mask: np.ndarray, displacement: np.ndarray) -> np.ndarray:
     """The ED mask carried onto the ES grid (linear, > 0.5: the evaluation's threshold rule)."""
-    from hetreg_jax import spatial
-
     warped = spatial.warp(mask[None, ..., None].astype(np.float32), displacement[None].astype(np.float32))
     return np.asarray(warped)[0, ..., 0] > 0.5
 
@@ -64,11 +63,9 @@ def _warp_mask(mask: np.ndarray, displacement: np.ndarray) -> np.ndarray:
 def _displacements(run, root, config, moving, fixed, times: dict) -> np.ndarray:
     """[B, *S, ndim] displacements of one run on a batch of pairs."""
     if run.method == "elastix":
-        from hetreg_jax import elastix
         return np.stack([np.asarray(elastix.register_pair(m, f, config)) for m, f in zip(moving, fixed)])
-    import hetreg_jax
 
-    model = hetreg_jax.load(run.path(root))
+    model = api.load(run.path(root))
     out = model.register(moving, fixed)  # compiles
     start = time.perf_counter()
     out = model.register(moving, fixed)
@@ -77,7 +74,6 @@ def _displacements(run, root, config, moving, fixed, times: dict) -> np.ndarray:
 
 
 def fig2(runs, base, root, profile) -> str | None:
-    from hetreg_jax import experiments
 
     done = [r for r in runs if finished(r, base, root, profile) and r.noise_scale is None and r.gamma is None]
     if not done:
@@ -114,7 +110,7 @@ def fig2(runs, base, root, profile) -> str | None:
                         (method == "elastix" or r.model == model)), None)
             disp = None
             if run is not None:
-                config = experiments.run_config(base, run, profile)
+                config = run_config(base, run, profile)
                 index = picks if method == "elastix" else np.arange(n)
                 disp = dict(zip(index, _displacements(run, root, config, moving[index], fixed[index], times)))
             for k, i in enumerate(picks):
@@ -155,8 +151,6 @@ def fig2(runs, base, root, profile) -> str | None:
 
 
 def fig3(runs, base, root, profile) -> str | None:
-    import hetreg_jax
-
     done = [r for r in runs if finished(r, base, root, profile) and r.noise_scale is None and r.gamma is None]
     datasets = [d for d in dict.fromkeys(r.dataset for r in done)
                 if any(r.dataset == d and r.method == "ours" and r.model == "voxelmorph" for r in done)]
@@ -172,7 +166,7 @@ def fig3(runs, base, root, profile) -> str | None:
         with_myo = [k for k in range(len(pairs["pair_id"])) if (pairs["fixed_label"][k] == MYOCARDIUM).any()]
         with_myo = with_myo or list(range(len(pairs["pair_id"])))
         i = with_myo[len(with_myo) // 2]  # the middle test pair with an ES myocardium
-        out = hetreg_jax.load(ours.path(root)).register(pairs["moving"][i, ..., 0], pairs["fixed"][i, ..., 0])
+        out = api.load(ours.path(root)).register(pairs["moving"][i, ..., 0], pairs["fixed"][i, ..., 0])
         view = (lambda a: a) if out["warped"].ndim == 2 else (lambda a: a[..., a.shape[-1] // 2])
         maps = [(pairs["fixed"][i, ..., 0], f"{dataset_name(d, base)} fixed (ES)\n{pairs['pair_id'][i]}", "gray",
                  "normalised intensity"),
@@ -265,8 +259,6 @@ def fig4(runs, base, root, profile) -> str | None:
     the fixed (ES) image, then for every finished σ_z model (ours with σ_z, ours with both, vxm-diff)
     its predicted σ_z and its true endpoint error ``|u_pred − u_true|`` on the same pair; the σ_z
     maps share one colour scale, the error maps another, both in voxels."""
-    import hetreg_jax
-
     done = [r for r in runs if finished(r, base, root, profile) and (r.method, r.predict_sigma) in FIG4_ROWS]
     if not done:
         return None
@@ -283,7 +275,7 @@ def fig4(runs, base, root, profile) -> str | None:
     view = (lambda a: a) if fixed.ndim == 3 else (lambda a: a[..., a.shape[-1] // 2])
     maps = []  # per model: (sigma_z [P, *S], error [P, *S] or None)
     for run in models:
-        out = hetreg_jax.load(run.path(root)).register(moving, fixed)
+        out = api.load(run.path(root)).register(moving, fixed)
         error = None if truth is None else np.linalg.norm(out["displacement"] - truth[picks], axis=-1)
         maps.append((out["sigma_z"], error))
     sigma_high = float(np.quantile(np.concatenate([s.ravel() for s, _ in maps]), 0.99))

@@ -1,5 +1,5 @@
 """Figures a run writes: training curves and example registrations (matplotlib Agg figures of
-``hetreg_jax.plotting``: no pyplot, no ``matplotlib.use``, so a notebook's backend stays as it is).
+``hetreg_jax.base.plotting``: no pyplot, no ``matplotlib.use``, so a notebook's backend stays as it is).
 
 - ``eval/curves.png``: motion loss, similarity, smoothness and variance loss against the step
   (from ``metrics.jsonl``), and the validation Dice when it was measured.
@@ -15,6 +15,7 @@ import json
 import os
 
 import numpy as np
+from hetreg_jax.base import plotting
 
 MYOCARDIUM = 2
 EXAMPLE_PAIRS = 4
@@ -22,8 +23,7 @@ CROP_MARGIN = 6  # voxels around the union of the myocardium masks
 
 
 def _pyplot():
-    """pyplot's names on Agg figures pyplot does not know of (notebook-safe, ``hetreg_jax.plotting``)."""
-    from hetreg_jax import plotting
+    """pyplot's names on Agg figures pyplot does not know of (notebook-safe, ``hetreg_jax.base.plotting``)."""
     return plotting
 
 

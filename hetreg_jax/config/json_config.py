@@ -3,7 +3,7 @@
 ``python main.py --config=runs/x/config.json ...`` loads it (``main.py`` passes it to this file's
 ``get_config``), and ``--mode=eval`` / ``--mode=register`` use ``WORKDIR/config.json`` when no
 ``--config`` is given; ``hetreg_jax.load`` does the same. The recorded values are set on the defaults
-(``default_config.py``), so keys added to hetreg_jax after the run keep their defaults; its lists
+(``config/defaults.py``), so keys added to hetreg_jax after the run keep their defaults; its lists
 become tuples again.
 """
 
@@ -13,6 +13,8 @@ import json
 import os
 
 import ml_collections
+from hetreg_jax.base.workdir import flatten
+from hetreg_jax.config import defaults as default_config
 
 
 def _tuples(value):
@@ -36,9 +38,6 @@ def config_from_json(path: str) -> ml_collections.ConfigDict:
         raise ValueError(f"{path}: not a readable JSON config ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a config (a JSON object is expected)")
-    from hetreg_jax import default_config
-    from hetreg_jax.workdir import flatten
-
     config = default_config.get_config()  # keys added since the run was recorded keep their defaults
     for key, value in flatten(data).items():
         *parents, leaf = key.split(".")

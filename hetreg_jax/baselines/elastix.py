@@ -23,15 +23,18 @@ on the first registration, and is excluded from ``seconds_per_pair``.
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
 
 import numpy as np
+from hetreg_jax.base import workdir as workdir_lib
+from hetreg_jax.base.progress import print_summary, say
+from hetreg_jax.config.check import ELASTIX_METRICS, validate_config
+from hetreg_jax.core import metrics, spatial
+from hetreg_jax.data import pipeline
+from hetreg_jax.evaluate import evaluation
 
-METRICS = {"mean_squares": "AdvancedMeanSquares", "mutual_information": "AdvancedMattesMutualInformation",
-           "ncc": "AdvancedNormalizedCorrelation"}
 _ITK = None
 
 
@@ -52,7 +55,7 @@ def parameter_map(elastix_cfg, ndim: int, seed: int = 0) -> dict[str, list[str]]
     factors = [2 ** (levels - 1 - r) for r in range(levels)]  # pyramid and grid: 4, 2, 1 for 3 levels
     scalars = {
         "Registration": "MultiResolutionRegistration",
-        "Metric": METRICS[elastix_cfg.metric],
+        "Metric": ELASTIX_METRICS[elastix_cfg.metric],
         "Transform": "BSplineTransform",
         "BSplineTransformSplineOrder": "3",
         "FinalGridSpacingInPhysicalUnits": f"{float(elastix_cfg.grid_spacing):g}",
@@ -145,7 +148,6 @@ def _warp_all(pairs, displacement: np.ndarray, labels=(("myo", 2),)) -> dict[str
     import jax
     import jax.numpy as jnp
 
-    from hetreg_jax import spatial
 
     @jax.jit
     def warp(moving, moving_labels, disp):
@@ -191,7 +193,6 @@ def register_split(pairs, config, say=print) -> tuple[dict[str, np.ndarray], dic
             say(f"registered {i + 1}/{n} pairs | {seconds[-1]:.2f} s/pair | ETA {_eta(eta)}")
     shape = pairs["moving"].shape[1:-1]
     displacement = np.stack(fields) if fields else np.zeros((0, *shape, len(shape)), np.float32)
-    from hetreg_jax import evaluation
 
     return _warp_all(pairs, displacement, evaluation.structures(config)), {"wall": seconds, "cpu": cpu}
 
@@ -208,12 +209,6 @@ def evaluate(config, workdir: str, out: str | None = None, record: bool = True,
     added to the summary.
     """
     import jax
-
-    from hetreg_jax import evaluation
-    from hetreg_jax import workdir as workdir_lib
-    from hetreg_jax.config_check import validate_config
-    from hetreg_jax.data import pipeline
-    from hetreg_jax.progress import print_summary, say
 
     validate_config(config)
     lead = jax.process_index() == 0
@@ -247,6 +242,4 @@ def evaluate(config, workdir: str, out: str | None = None, record: bool = True,
 
 
 def _timing(seconds: list[float], kind: str) -> dict:
-    from hetreg_jax import metrics
-
     return {**metrics.summarize(seconds), "unit": f"s (elastix registration + deformation field, {kind})"}

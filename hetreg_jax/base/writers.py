@@ -11,6 +11,7 @@ import os
 from typing import Mapping
 
 import jax
+from hetreg_jax.base import plotting
 
 
 class MetricWriter:
@@ -46,8 +47,6 @@ class MetricWriter:
         """A matplotlib figure as a TensorBoard image (rendered by its own Agg canvas, then cleared:
         no pyplot); nothing without TensorBoard."""
         if self._tb is not None and fig is not None:
-            from hetreg_jax import plotting
-
             self._tb.add_image(tag, plotting.rgb(fig), int(step), dataformats="HWC")
             plotting.close(fig)
 

@@ -17,21 +17,14 @@ import os
 
 import numpy as np
 
-from hetreg_jax import evaluation, metrics
+from hetreg_jax.core import metrics
+from hetreg_jax.evaluate import compare, evaluation
+from hetreg_jax.experiments import figures as experiment_figures
+from hetreg_jax.experiments.runs import (METHOD_NAMES, MODEL_NAMES, NO_TRAINING, dataset_name, failure, finished,
+                                         read_rows, read_summary, row_name, run_config, wall_time)
 
 CONTOUR = (("dice", "Dice %", True), ("hd", "HD px", False), ("asd", "ASD px", False))
-DATASET_NAMES = {"acdc": "ACDC-like", "camus": "CAMUS-like", "echo3d": "3D echo-like"}
-REAL_NAMES = {"acdc": "ACDC", "camus": "CAMUS"}
 
-
-def dataset_name(dataset: str, base=None) -> str:
-    """``ACDC-like`` (phantoms) or ``ACDC (real)`` (a dataset folder, ``base.data.root``)."""
-    if base is not None and base.data.root is not None:
-        return f"{REAL_NAMES.get(dataset, dataset)} (real)"
-    return DATASET_NAMES.get(dataset, dataset)
-MODEL_NAMES = {"voxelmorph": "VoxelMorph", "transmorph": "TransMorph"}
-METHOD_NAMES = {"elastix": "Elastix", "ncc": "NCC", "mi": "MI", "mse": "MSE", "nll": "NLL", "beta_nll": "β-NLL",
-                "adaframe": "AdaFrame", "adareg": "AdaReg", "ours": "ours", "undeformed": "Undeformed"}
 
 # The paper's Table 1 (Dice %, HD px, ASD px on ACDC, then CAMUS).
 PAPER_TABLE1 = {
@@ -65,39 +58,6 @@ PAPER_TABLE3 = {"adareg": (73.41, 5.91, 0.95), "ours": (75.04, 5.55, 0.93)}
 # Table 4 (ours, VoxelMorph): legible rows; gamma = 0.5 is Table 1's "ours".
 PAPER_TABLE4 = {0.25: (79.74, 4.74, 1.26, 82.07, 8.53, 1.65), 0.5: PAPER_TABLE1[("voxelmorph", "ours")],
                 1.0: (79.78, 4.71, 1.25, 81.31, math.nan, 1.59)}
-
-
-# ------------------------------------------------------------------------------------ reading runs
-def read_rows(workdir: str) -> list[dict] | None:
-    """The per-pair rows of a finished run (floats where possible); None if there are none."""
-    path = os.path.join(workdir, "eval", "test_per_pair.csv")
-    if not os.path.isfile(path):
-        return None
-    out = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            parsed = {}
-            for key, value in row.items():
-                try:
-                    parsed[key] = float(value) if value != "" else math.nan
-                except ValueError:
-                    parsed[key] = value
-            out.append(parsed)
-    return out
-
-
-def read_summary(workdir: str) -> dict | None:
-    path = os.path.join(workdir, "eval", "test_metrics.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def finished(run, base, root, profile) -> bool:
-    from hetreg_jax import experiments
-
-    return experiments.is_finished(run.path(root), experiments.run_config(base, run, profile))
 
 
 def pooled(runs, root, key: str) -> np.ndarray:
@@ -138,12 +98,6 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def row_name(model: str, method: str) -> str:
-    if method in ("elastix", "undeformed") or not model:
-        return METHOD_NAMES.get(method, method)
-    return f"{MODEL_NAMES.get(model, model)} {METHOD_NAMES.get(method, method)}"
-
-
 def _method_rows(runs) -> list[tuple[str, str]]:
     rows = []
     for run in runs:
@@ -154,12 +108,10 @@ def _method_rows(runs) -> list[tuple[str, str]]:
 
 
 def _footnotes(runs, root, skipped) -> list[str]:
-    from hetreg_jax import experiments
-
-    notes = [f"- `{m}`: not in `hetreg_jax.methods.METHODS` when the table was written; not run."
+    notes = [f"- `{m}`: not in `hetreg_jax.core.methods.METHODS` when the table was written; not run."
              for m in skipped]
     for run in runs:
-        error = experiments.failure(run.path(root))
+        error = failure(run.path(root))
         if error:
             notes.append(f"- {run.label}: the run failed ({error}); left out of its row.")
     return notes
@@ -178,12 +130,10 @@ def _write_markdown(root: str, name: str, text: list[str], runs, skipped) -> str
 
 
 def _setting(runs, base, root, profile) -> str:
-    from hetreg_jax import experiments
-
-    trained = [r for r in runs if r.method not in experiments.NO_TRAINING]
+    trained = [r for r in runs if r.method not in NO_TRAINING]
     if not trained:
         return ""
-    config = experiments.run_config(base, trained[0], profile)
+    config = run_config(base, trained[0], profile)
     seeds = sorted({r.seed for r in runs})
     folds = sorted({r.fold for r in runs if r.fold is not None and finished(r, base, root, profile)})
     size = "x".join(map(str, config.data.image_size))
@@ -332,8 +282,6 @@ def _paper_value(paper, paper_datasets, dataset, model, method, metric) -> float
 
 def cost_table(runs, base, root, profile, datasets) -> str:
     """Wall time per run (training + test evaluation; Elastix: registration of the test pairs)."""
-    from hetreg_jax import experiments
-
     record = os.path.join(root, "inference_time.json")
     inference = json.load(open(record, encoding="utf-8")) if os.path.isfile(record) else {}
     rows = []
@@ -342,7 +290,7 @@ def cost_table(runs, base, root, profile, datasets) -> str:
         for d in datasets:
             chosen = [r for r in runs if r.dataset == d and r.method == method and (method == "elastix" or r.model == model)
                       and finished(r, base, root, profile)]
-            times = [t for r in chosen if (t := experiments.wall_time(r.path(root))) is not None]
+            times = [t for r in chosen if (t := wall_time(r.path(root))) is not None]
             n = [len(read_rows(r.path(root)) or []) for r in chosen]
             infer = [inference[k] for r in chosen if (k := os.path.relpath(r.path(root), root)) in inference]
             summaries = [read_summary(r.path(root)) or {} for r in chosen]
@@ -368,7 +316,6 @@ def report_table1(runs, base, root, profile, skipped, args, name="table1", title
     datasets = list(dict.fromkeys(r.dataset for r in runs))
     figures = []
     if name == "table1" and args.get("figures", True):  # first: fig2 measures the inference times
-        from hetreg_jax import experiment_figures
         os.makedirs(root, exist_ok=True)
         figures = [p for p in (experiment_figures.fig2(runs, base, root, profile),
                                experiment_figures.fig3(runs, base, root, profile)) if p]
@@ -418,8 +365,6 @@ NO_TEST = dict(t=math.nan, p=math.nan, n=0, mean_diff=math.nan, mean_a=math.nan,
 def paired(runs_a, runs_b, root, metric="dice") -> dict:
     """compare.compare of two run lists, paired replicate by replicate ((seed, fold)) and pair by
     pair_id, with the patient as the unit of the test; NaN result if none."""
-    from hetreg_jax import compare
-
     replicates = sorted({(r.seed, r.fold) for r in runs_a} & {(r.seed, r.fold) for r in runs_b}, key=str)
     a = [next(r for r in runs_a if (r.seed, r.fold) == k).path(root) for k in replicates]
     b = [next(r for r in runs_b if (r.seed, r.fold) == k).path(root) for k in replicates]
@@ -529,14 +474,13 @@ def report_noise(runs, base, root, profile, skipped, args) -> list[str]:
     path = _write_markdown(root, "noise.md", text, runs, skipped)
     if not args.get("figures", True):
         return [path]
-    from hetreg_jax import experiment_figures
     figure = experiment_figures.noise_figure(results, scales, methods, os.path.join(root, "noise.png"))
     return [path] + ([figure] if figure else [])
 
 
 # ------------------------------------------------------------------------------------ Table 5
 # The paper's Table 5 (VoxelMorph; Dice %, HD px, ASD px on ACDC, then CAMUS), keyed by
-# (method, motion.predict_sigma) as experiments.TABLE5_ROWS.
+# (method, motion.predict_sigma) as runs.TABLE5_ROWS.
 PAPER_TABLE5 = {
     ("mse", False): (80.20, 4.64, 1.24, 81.76, 8.93, 1.70),
     ("vxm_diff", False): (76.19, 5.75, 1.19, 76.74, 10.76, 1.88),
@@ -575,6 +519,5 @@ def report_table5(runs, base, root, profile, skipped, args) -> list[str]:
     path = _write_markdown(root, "table5.md", text, runs, skipped)
     if not args.get("figures", True):
         return [path]
-    from hetreg_jax import experiment_figures
     figure = experiment_figures.fig4(runs, base, root, profile)
     return [path] + ([figure] if figure else [])

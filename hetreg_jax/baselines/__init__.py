@@ -1,0 +1,1 @@
+"""Registration baselines without a network (Elastix)."""

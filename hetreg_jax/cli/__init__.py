@@ -1,0 +1,1 @@
+"""Command lines: ``hetreg`` / ``main.py`` (command, checks) and the benchmark (bench, bench_sweep)."""
