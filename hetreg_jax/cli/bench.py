@@ -63,18 +63,19 @@ def _peak_memory_mb() -> tuple[float, str]:
 
 
 def _train_call(trainer, config, rng):
-    """The timed training call and its arguments: one step on a host batch, or (steps_per_call
-    K > 1) K steps on data held by the devices, as training runs them (see ``feed.py``)."""
+    """The timed training program and its arguments: one step on a host batch, or (steps_per_call
+    K > 1) K steps on data held by the devices, as training runs them (see ``train/feed.py``); the
+    run's traced hyper-parameters are the last argument."""
     phase = trainer.phase(10**9)  # the steady-state phase
     k = config.steps_per_call
     if k == 1:
-        return trainer.train_step(phase), (_random_batch(config, trainer.mesh, rng),), 1
+        return trainer.programs.iteration[phase], (_random_batch(config, trainer.mesh, rng), trainer.hparams), 1
     n = max(64, config.batch_size)
     shape = (n, *config.data.image_size, 1)
     data = {key: rng.random(shape, dtype=np.float32) for key in ("moving", "fixed")}
     indices = rng.integers(0, n, (k, config.batch_size)).astype(np.int32)
-    args = sharding.replicate((data, indices, np.int32(k)), trainer.mesh)
-    return trainer.train_chunk(phase), args, k
+    data, indices, length = sharding.replicate((data, indices, np.int32(k)), trainer.mesh)
+    return trainer.programs.chunk[phase], (data, indices, length, trainer.hparams), k
 
 
 def _figures(rate: float) -> float:
