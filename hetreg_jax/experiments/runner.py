@@ -46,6 +46,7 @@ import re
 import sys
 import time
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -102,25 +103,25 @@ def _clock(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def train_run(config, workdir: str) -> dict:
-    """``train.loop.train_and_evaluate``; a run started before config keys were added to hetreg_jax
-    resumes (its record lacks only those keys, which take their defaults: the same computation)."""
+def _resuming_older_records(train_fn, *args):
+    """``train_fn(*args)``; a run started before config keys were added to hetreg_jax resumes (its
+    record lacks only those keys, which take their defaults: the same computation)."""
     try:
-        return train.train_and_evaluate(config, workdir)
+        return train_fn(*args)
     except ConfigMismatch as exc:
         if not all(old == "<absent>" for old, _ in exc.differences.values()):
             raise
-        return train.train_and_evaluate(config, workdir, allow_config_change=True)
+        return train_fn(*args, allow_config_change=True)
+
+
+def train_run(config, workdir: str) -> dict:
+    """``train.loop.train_and_evaluate``, resuming runs recorded by older versions."""
+    return _resuming_older_records(train.train_and_evaluate, config, workdir)
 
 
 def train_together(configs, workdirs) -> list[dict]:
-    """:func:`train.train_and_evaluate_together`, with the same resume rule as :func:`train_run`."""
-    try:
-        return train.train_and_evaluate_together(configs, workdirs)
-    except ConfigMismatch as exc:
-        if not all(old == "<absent>" for old, _ in exc.differences.values()):
-            raise
-        return train.train_and_evaluate_together(configs, workdirs, allow_config_change=True)
+    """:func:`train.train_and_evaluate_together`, resuming runs recorded by older versions."""
+    return _resuming_older_records(train.train_and_evaluate_together, configs, workdirs)
 
 
 def _groups(todo: list, vmap_seeds: bool) -> list[list]:
@@ -161,6 +162,9 @@ def execute(runs, base, root: str, profile: str, train_fn=None, retry_failed: bo
         train_fn = train_run
     if together_fn is None:
         together_fn = train_together
+    if vmap_seeds and jax.default_backend() == "cpu":
+        say("[experiments] --vmap_seeds on XLA:CPU: seeds in one program train about 6x slower than one "
+            "after another here (per-seed weights make grouped convolutions); it is meant for GPUs and TPUs")
     status, todo = {}, []
     for run in runs:
         config = run_config(base, run, profile)

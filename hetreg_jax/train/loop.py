@@ -325,8 +325,7 @@ def _train_loop(members: list, state, start: int, feed):
                 if not (log or save or validate):
                     continue
                 for i, m in enumerate(members):
-                    _check_log_save(m, feed.member_state(state, i), done, phase, log, save, validate,
-                                    evaluation, figures, NoSpace)
+                    _check_log_save(m, feed.member_state(state, i), done, phase, log, save, validate)
                 if stopping and not last:
                     raise Interrupted(done, members[0].saved, members[0].ckpt.directory)
     finally:
@@ -336,8 +335,7 @@ def _train_loop(members: list, state, start: int, feed):
     return state
 
 
-def _check_log_save(m: _Member, state, done: int, phase: str, log: bool, save: bool, validate: bool,
-                    evaluation, figures, NoSpace) -> None:
+def _check_log_save(m: _Member, state, done: int, phase: str, log: bool, save: bool, validate: bool) -> None:
     """One run's share of a check point of the loop: check, record, log, validate, checkpoint."""
     kept = (f"the last good checkpoint (step {m.saved}) is kept in {m.ckpt.directory}" if m.saved
             else "no checkpoint was written")
