@@ -3,10 +3,10 @@ from the host, one step per call.
 
 - **On the devices** (``data.on_device``: ``"auto"`` when it fits, or ``"device"``): the training
   split's images are placed once on every device (replicated); each call runs K =
-  ``steps_per_call`` iterations (:meth:`steps.Trainer.train_chunk`), each gathering its batch on the
+  ``steps_per_call`` iterations (:meth:`step.Trainer.train_chunk`), each gathering its batch on the
   devices from the indices that ``default_rng([seed, t])`` gives, the same indices as the host path.
   No host gather, no host-to-device copy and one dispatch per K steps. In the ``"loop"`` form
-  (:func:`steps.chunk_form`) the K steps are a ``jax.lax.fori_loop`` whose trip count is a run-time
+  (:func:`step.chunk_form`) the K steps are a ``jax.lax.fori_loop`` whose trip count is a run-time
   value, so every chunk length up to K runs the same compiled program and gives the same
   floating-point results: K = 1 and K = 4 end with bit-identical parameters (tested). In the
   ``"unrolled"`` form (the default on XLA:CPU) they are one straight-line program; a chunk shorter
@@ -144,18 +144,19 @@ class Feed:
 class SeedFeed(Feed):
     """Several runs that differ only in their traced hyper-parameters (seeds, γ, ...) trained in one
     program: their states stacked on a leading axis, each run's training split and data order (its
-    seed's) stacked too, and ``jax.vmap`` over the chunk of steps (:meth:`steps.StepPrograms.seed_chunk`).
+    seed's) stacked too, and ``jax.vmap`` over the chunk of steps (:meth:`step.StepPrograms.seed_chunk`).
     The data always stays on the devices. Measurements come back per run, as from :class:`Feed`."""
 
     def __init__(self, trainers, pairs: list[Mapping], configs):
+        # Not Feed.__init__: the first run's split alone is never placed on the devices.
         self.trainers, self.configs = list(trainers), list(configs)
-        super().__init__(trainers[0], pairs[0], configs[0])
+        self.trainer, self.pairs, self.config = trainers[0], pairs[0], configs[0]
         counts = {pipeline.num_pairs(p) for p in pairs}
         if len(counts) != 1:
             raise ValueError(f"the runs' training splits differ in size ({sorted(counts)} pairs): "
                              "train them one at a time")
         mesh = trainers[0].mesh
-        self.on_device = True
+        self.n, self.on_device = counts.pop(), True
         size = sum(p[k].nbytes for p in pairs for k in pipeline.IMAGE_KEYS)
         self.reason = (f"training data: {len(pairs)} runs x {self.n} pairs ({size / 2**20:.1f} MiB) placed on "
                        f"every device, {self.config.steps_per_call} step(s) per call, runs vmapped")

@@ -168,7 +168,7 @@ def same_but_hparams(configs) -> str | None:
     """Why ``configs`` cannot be trained in one program, or None: they must differ only in the traced
     hyper-parameters (:data:`steps.HPARAMS`: the seed, γ, β, λ, the learning rates, ...)."""
     def rest(config):
-        flat = dict(_flatten(config.to_dict()))
+        flat = workdir_lib.flatten(config.to_dict())
         for key in HPARAMS.values():
             flat.pop(key, None)
         return flat
@@ -180,14 +180,6 @@ def same_but_hparams(configs) -> str | None:
         if differ:
             return f"the runs differ in {', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}"
     return None
-
-
-def _flatten(tree: dict, prefix: str = ""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 def train_and_evaluate_together(configs, workdirs, mesh: jax.sharding.Mesh | None = None,

@@ -233,11 +233,6 @@ def programs_for(config, mesh: jax.sharding.Mesh) -> "StepPrograms":
     return _PROGRAMS[key]
 
 
-def clear_programs() -> None:
-    """Forget every cached program (the next Trainer compiles again)."""
-    _PROGRAMS.clear()
-
-
 class StepPrograms:
     """Models, optimisers and the pure jitted steps of one structure (:func:`structure`) on one mesh.
 
@@ -548,7 +543,7 @@ class Trainer:
 
     def phase(self, step: int) -> str:
         """Which update runs at ``step`` (0-based): see PHASES."""
-        return phase_at(self.config, self.method, step)
+        return self.method.phase(self.config, step)
 
     def train_chunk(self, phase: str) -> Callable:
         """The jitted ``(state, data, indices, length) -> (state, measurements)`` of ``length``
@@ -594,7 +589,3 @@ class Trainer:
     def _mask(self, moving, fixed):
         return self.programs._mask(moving, fixed)
 
-
-def phase_at(config, method: methods.Method, step: int) -> str:
-    """Which update runs at ``step`` (0-based) for ``method``: see PHASES and :meth:`methods.Method.phase`."""
-    return method.phase(config, step)
