@@ -9,7 +9,8 @@ Unlike training, a bad subject does not stop the run: it is listed (with the one
      "raw_intensity_range": [min, max] of the files' intensities (on-disk data only),
      "label_values": label values found in the preprocessed label maps,
      "spacing_mm": {"min", "max"} per axis of the network grid (on-disk data only),
-     "empty_myocardium_pairs": pairs whose ED or ES myocardium is empty (excluded at evaluation),
+     "empty_myocardium_pairs": pairs whose ED or ES myocardium is empty (not scored for the
+       myocardium; scored on the other structures labelled in both frames, else excluded),
      "skipped": [{"subject", "reason"}]}
 
 prints a short table and saves ``<workdir>/inspect.png``: up to ``MONTAGE_PAIRS`` pairs (ED, ES,
@@ -72,7 +73,7 @@ def table(summary: dict) -> str:
         raw = summary.get("raw_intensity_range")
         lines.append(f"intensities {summary['intensity_range']} after normalisation"
                      + (f", {raw} in the files" if raw else "") + f"; labels {summary['label_values']}; "
-                     f"{summary['empty_myocardium_pairs']} pairs with an empty myocardium (excluded at evaluation)")
+                     f"{summary['empty_myocardium_pairs']} pairs with an empty ED or ES myocardium (not scored for the myocardium)")
     lines.append(f"skipped subjects: {len(summary['skipped'])}")
     lines += [f"  {s['subject']}: {s['reason']}" for s in summary["skipped"]]
     return "\n".join(lines)

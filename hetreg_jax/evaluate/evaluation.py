@@ -56,7 +56,7 @@ parse_structures = structures_lib.parse
 
 def structures(config) -> list[tuple[str, int]]:
     """The scored ``(name, label value)`` of ``config.data.structures`` ("auto": the convention of
-    the dataset's layout, or of the phantom kind; :mod:`hetreg_jax.data.structures`)."""
+    the dataset's layout, or of the phantom kind; `hetreg_jax.data.structures`)."""
     kind = config.data.dataset
     if config.data.root is not None:
         kind = pipeline.detect_layout(os.path.abspath(os.path.expanduser(config.data.root)), kind)
@@ -289,7 +289,7 @@ def evaluate(trainer, state, pairs: Mapping, config, outdir: str | None = None, 
 def score(pairs: Mapping, pred: Mapping, config, outdir: str | None = None, name: str = "test",
           extra: Mapping | None = None) -> dict:
     """Score precomputed predictions (``displacement``, ``warped``, ``warped_labels`` ``[N, *S, K]``
-    with the structures of :func:`structures` in order, and ``log_var`` for methods with a variance
+    with the structures of `structures` in order, and ``log_var`` for methods with a variance
     net) of every pair, e.g. a network's or elastix's; ``extra`` entries are added to the summary.
     Writes the two reports and the example figure when ``outdir`` is given."""
     steps = config.eval.sparsification_steps
@@ -315,8 +315,11 @@ def score(pairs: Mapping, pred: Mapping, config, outdir: str | None = None, name
     return summary
 
 
-def validation_dice(trainer, state, pairs: Mapping, config, on_prediction=None) -> float:
-    """Mean Dice (%) over the first ``config.eval.val_pairs`` validation pairs (all if 0);
+def validation_dice(trainer, state, pairs: Mapping, config, on_prediction=None) -> tuple[float, str]:
+    """``(mean Dice (%), structure name)`` over the first ``config.eval.val_pairs`` validation pairs
+    (all if 0), of the headline structure (the myocardium) where it is labelled in both frames of
+    some pair, else of the first structure of ``data.structures`` that is (e.g. the LV cavity of
+    data whose ES frames have no myocardium); NaN and the headline's name when none is.
     ``on_prediction(subset, pred)`` sees the predictions (e.g. to draw them)."""
     n = pipeline.num_pairs(pairs)
     limit = config.eval.val_pairs or n
@@ -326,6 +329,8 @@ def validation_dice(trainer, state, pairs: Mapping, config, on_prediction=None) 
     if on_prediction is not None:
         on_prediction(subset, pred)
     rows, _, _ = pair_rows(subset, pred, config.eval.label_rule, config.eval.sparsification_steps, labels)
-    headline = key("dice", labels[0][0])  # the myocardium's when it is labelled
-    values = [r[headline] for r in rows if headline in r]
-    return float(np.nanmean(values)) if values else math.nan
+    for name, _ in labels:
+        values = [r[key("dice", name)] for r in rows if key("dice", name) in r]
+        if np.isfinite(values).any():
+            return float(np.nanmean(values)), STRUCTURE_NAMES.get(name, name)
+    return math.nan, STRUCTURE_NAMES.get(labels[0][0], labels[0][0])

@@ -7,6 +7,7 @@ The algorithm itself, the pure jitted steps, is in ``step.py``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -41,10 +42,10 @@ def check_finite(step: int, phase: str, measures: dict,
 def check_pending(pending: list, kept: str) -> dict:
     """Check the measurements of every step since the last check, in order, after one transfer.
 
-    ``pending`` holds ``(first step, phase, device measures, count, row)`` as :class:`feed.Feed`
+    ``pending`` holds ``(first step, phase, device measures, count, row)`` as `feed.Feed`
     returns them: scalars (one step; ``count`` None) or stacked ``[K]`` (``count`` valid steps from
     ``first step`` on), ``[runs, K]`` for runs trained together (this run's ``row``); the slicing
-    happens here, on the host. The first non-finite step raises (:func:`check_finite`). Returns the
+    happens here, on the host. The first non-finite step raises (`check_finite`). Returns the
     last step's measures as floats.
     """
     host = jax.device_get([item[2] for item in pending])
@@ -152,9 +153,9 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
                        allow_config_change: bool = False) -> dict:
     """Train (resuming from the latest complete checkpoint in ``workdir``), then evaluate on the test split.
 
-    Order: every check that needs no workdir (:func:`_prepare`) runs first; then the workdir is
+    Order: every check that needs no workdir (`_prepare`) runs first; then the workdir is
     locked, the config compared with the recorded one (``allow_config_change`` accepts restricted
-    changes, see :mod:`hetreg_jax.base.workdir`) and the checkpoint with the config. Only then is anything
+    changes, see `hetreg_jax.base.workdir`) and the checkpoint with the config. Only then is anything
     written: the lock holder, the config record, the removal of half-written checkpoints and of
     metric records past the resumed step. A refused run leaves the workdir as it was.
     Returns the test summary that is also written to ``workdir/eval/test_metrics.json``.
@@ -166,7 +167,7 @@ def train_and_evaluate(config, workdir: str, mesh: jax.sharding.Mesh | None = No
 
 def same_but_hparams(configs) -> str | None:
     """Why ``configs`` cannot be trained in one program, or None: they must differ only in the traced
-    hyper-parameters (:data:`steps.HPARAMS`: the seed, γ, β, λ, the learning rates, ...)."""
+    hyper-parameters (`steps.HPARAMS`: the seed, γ, β, λ, the learning rates, ...)."""
     def rest(config):
         flat = workdir_lib.flatten(config.to_dict())
         for key in HPARAMS.values():
@@ -185,11 +186,11 @@ def same_but_hparams(configs) -> str | None:
 def train_and_evaluate_together(configs, workdirs, mesh: jax.sharding.Mesh | None = None,
                                 allow_config_change: bool = False) -> list[dict]:
     """Train several runs that differ only in their traced hyper-parameters (seeds; see
-    :func:`same_but_hparams`) in one program, then evaluate each: one run is
-    :func:`train_and_evaluate`. Each run keeps its own workdir, config record, checkpoints, metrics,
+    `same_but_hparams`) in one program, then evaluate each: one run is
+    `train_and_evaluate`. Each run keeps its own workdir, config record, checkpoints, metrics,
     validation and evaluation, laid out as if trained alone, and resumes alone or together; the runs
     must be at the same step (all fresh, or interrupted together). Their states are stacked and the
-    chunk of steps ``jax.vmap``-ped over them (:class:`feed.SeedFeed`); per run, the numbers equal a
+    chunk of steps ``jax.vmap``-ped over them (`feed.SeedFeed`); per run, the numbers equal a
     run trained alone to float rounding. Returns the test summaries, in order.
     """
     import contextlib
@@ -277,13 +278,13 @@ def _train_loop(members: list, state, start: int, feed):
     """Steps ``start .. num_steps``: log, validate, check finiteness, checkpoint; the final state.
 
     ``members`` are the runs whose (stacked) state ``feed`` advances: one, or several trained
-    together (:class:`feed.SeedFeed`), each logged, validated and checkpointed into its own workdir
+    together (`feed.SeedFeed`), each logged, validated and checkpointed into its own workdir
     at the same steps as alone. Measurements stay on the device between checks; at every logged,
     validated or checkpointed step all of them since the last check are fetched and checked in
     order, so the first non-finite step is named exactly (with its run). No checkpoint is written
     after a non-finite step or with non-finite parameters. At most ``sharding.MAX_IN_FLIGHT`` steps
     are dispatched ahead of the devices. Ctrl-C or SIGTERM saves a checkpoint of the current step
-    and raises :class:`Interrupted`; a full disk raises a one-line ``OSError`` naming the last good
+    and raises `Interrupted`; a full disk raises a one-line ``OSError`` naming the last good
     checkpoint.
     """
     config, trainer = members[0].config, members[0].trainer
@@ -340,9 +341,10 @@ def _check_log_save(m: _Member, state, done: int, phase: str, log: bool, save: b
     if validate:
         def draw(pairs, pred, step=done):
             m.writer.figure(step, "validation/examples", figures.example_figure(pairs, pred))
-        dice = evaluation.validation_dice(m.trainer, state, m.splits["val"], m.config, draw)
-        m.writer.write(done, {"val_dice": dice})
-        say(f"{m.label}: " * bool(m.label) + f"step {done}: validation Dice {dice:.2f}%")
+        dice, structure = evaluation.validation_dice(m.trainer, state, m.splits["val"], m.config, draw)
+        if math.isfinite(dice):
+            m.writer.write(done, {"val_dice": dice})
+        say(f"{m.label}: " * bool(m.label) + f"step {done}: validation Dice ({structure}) {dice:.2f}%")
     if save:
         if not bool(params_finite(state)):
             raise FloatingPointError(f"non-finite parameters after step {done} (phase {phase}); {kept}")
