@@ -10,7 +10,8 @@
 # measurement and writes them to OUT_DIR/device_check.jsonl (default: ./device_check).
 #
 # Measures, on the GPU: training and inference pairs/s of VoxelMorph and TransMorph at 128² (batch
-# 8, 1 and 10 steps per call); the seed throughput of 1, 3 and 8 seeds in one program; the cost of
+# 8, 1 and 10 steps per call); the U-Net's plain upsample-conv against the sub-pixel form; the seed
+# throughput of 1, 3 and 8 seeds in one program; the cost of
 # deterministic GPU ops (HETREG_JAX_DETERMINISTIC=1, the default, against 0); then runs the tests
 # that exercise the compiled programs (tests/test_programs.py) on the GPU.
 set -u
@@ -32,6 +33,8 @@ bench vxm128_k1 --config=configs/acdc.py --steps=200 --infer_batches=100
 bench vxm128_k10 --config=configs/acdc.py --steps=200 --infer_batches=100 --config.steps_per_call=10
 bench tm128_k10 --config=configs/acdc.py --steps=100 --infer_batches=50 --config.model=transmorph \
   --config.steps_per_call=10
+bench vxm128_k10_plain_upsample --config=configs/acdc.py --steps=200 --infer_batches=100 \
+  --config.steps_per_call=10 --config.unet_upsample=plain
 HETREG_JAX_DETERMINISTIC=0 bench vxm128_k10_nondeterministic --config=configs/acdc.py --steps=200 \
   --infer_batches=100 --config.steps_per_call=10
 for s in 1 3 8; do

@@ -213,7 +213,7 @@ def register(config, workdir: str, moving: str, fixed: str, out: str, moving_lab
     """Register ``moving`` to ``fixed`` and write the outputs (module docstring); returns their paths.
     ``restored``: an already restored ``(trainer, state)`` of ``workdir`` (the Python API keeps one).
     ``fixed_label`` (with ``moving_label``): also score the warped label against it
-    (:func:`label_metrics`, printed and written to ``label_metrics.json``). ``resample_moving``:
+    (`label_metrics`, printed and written to ``label_metrics.json``). ``resample_moving``:
     a moving image on another grid is resampled onto the fixed one (else refused)."""
     workdir_lib.check_writable(out, "--out")  # before the work, not after it
     if fixed_label is not None and moving_label is None:
@@ -267,7 +267,7 @@ def register(config, workdir: str, moving: str, fixed: str, out: str, moving_lab
 
 
 def sigma_z_in_mm(sigma_z: np.ndarray, fixed: nifti.Volume, scales) -> tuple[np.ndarray | None, str]:
-    """σ_z (voxels of the fixed grid, :func:`to_fixed_grid`) in mm, ``(map, "")``, where the
+    """σ_z (voxels of the fixed grid, `to_fixed_grid`) in mm, ``(map, "")``, where the
     network grid's voxels are isotropic within 1% along the displacement axes (``scales``: fixed
     voxels per network voxel along each of them; the network's voxel size along axis k is the fixed
     voxel size times ``scales[k]``); else ``(None, why)``."""
@@ -319,7 +319,7 @@ def label_metrics(warped: np.ndarray, reference: np.ndarray, spacing) -> dict:
 
 
 def write_label_metrics(out: str, scores: dict) -> str:
-    """Print one line per label of ``scores`` (:func:`label_metrics`) and write
+    """Print one line per label of ``scores`` (`label_metrics`) and write
     ``label_metrics.json`` (strict JSON); returns its path."""
     import json
 
@@ -338,7 +338,7 @@ def write_outputs(out: str, fixed: nifti.Volume, full: dict, moving_on_grid: np.
                   window: tuple[slice, slice] | None = None, itk_warp: np.ndarray | None = None,
                   shown: tuple | None = None) -> dict:
     """Write the NIfTI files and ``overview.png`` on ``fixed``'s geometry (``itk_warp``: the
-    vectors of ``itk_warp.nii.gz``, :func:`itk_warp`). ``shown``: ``(moving, fixed, full, window)``
+    vectors of ``itk_warp.nii.gz``, `itk_warp`). ``shown``: ``(moving, fixed, full, window)``
     drawn in the overview instead of the written arrays (e.g. in the canonical orientation)."""
     workdir_lib.ensure_directory(out, "--out")
     geometry = dict(affine=fixed.affine, header=fixed.header)

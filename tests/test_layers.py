@@ -1,4 +1,4 @@
-"""The package's layers (README, "Package layout"): every module imports only modules of its own
+"""The package's layers (docs/api/index.md, "Package layout"): every module imports only modules of its own
 layer or of layers below it, the imports have no cycle, and no module imports hetreg_jax inside a
 function. Read from the source (ast): nothing is imported."""
 

@@ -1,5 +1,6 @@
 """Tests for hetreg_jax.models: shapes, parameter counts, initialisation, integration, registry."""
 
+import functools
 import math
 
 import jax
@@ -239,3 +240,34 @@ def test_upsample_concat_conv_equals_the_plain_form(shape_low, c_skip):
                                                        "SAME") ** 2), argnums=(0, 1, 2))(low, skip, kernel)
     for a, b in zip(g_fast, g_plain):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name, shape", [("voxelmorph", (16, 16)), ("variance_unet", (8, 8, 8))])
+def test_unet_upsample_forms_share_parameters_and_agree(name, shape):
+    """``unet_upsample="plain"`` builds the upsampled concatenation and convolves it; the default
+    sub-pixel form computes the same convolution: one parameter tree, outputs and gradients equal
+    to float rounding (VoxelMorph 2D, the variance U-Net 3D)."""
+    from hetreg_jax.models import get_model, init_params
+
+    kw = dict(enc_features=(4, 8), dec_features=(8, 8, 4))
+    if name == "voxelmorph":
+        kw.update(int_steps=0, int_downsize=1)     # the U-Net is what differs: no integration to compile
+    fast, plain = get_model(name, **kw), get_model(name, upsample="plain", **kw)
+    params = init_params(fast, jax.random.key(0), shape)
+    assert jax.tree.structure(init_params(plain, jax.random.key(0), shape)) == jax.tree.structure(params)
+    rng = np.random.default_rng(0)
+    a, b = (jnp.asarray(rng.random((2, *shape, 1)), jnp.float32) for _ in range(2))
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def out_and_grad(model, p):
+        def out(p):
+            y = model.apply({"params": p}, a, b)
+            return y["displacement"] if isinstance(y, dict) else y
+        return out(p), jax.grad(lambda p: jnp.sum(out(p) ** 2))(p)
+
+    (y_plain, g_plain), (y_fast, g_fast) = out_and_grad(plain, params), out_and_grad(fast, params)
+    np.testing.assert_allclose(y_plain, y_fast, rtol=1e-5, atol=1e-6)
+    for x, y in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_fast)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="upsample='transposed'"):
+        init_params(get_model(name, upsample="transposed", **kw), jax.random.key(0), shape)

@@ -1,9 +1,9 @@
 """Ctrl-C or SIGTERM during training: finish the step, save a checkpoint, stop with a one-line message.
 
 The first SIGINT (Ctrl-C) or SIGTERM (what SLURM, Kubernetes and a Cloud TPU VM's shutdown send
-before they kill a preempted job) only sets a flag (:class:`StopRequest`); the training loop reads
-it at each chunk boundary (:meth:`StopRequest.agreed`), writes a checkpoint of that step and raises
-:class:`Interrupted`, which ``main.py`` prints as ``stopped at step N; rerun the same command to
+before they kill a preempted job) only sets a flag (`StopRequest`); the training loop reads
+it at each chunk boundary (`StopRequest.agreed`), writes a checkpoint of that step and raises
+`Interrupted`, which ``main.py`` prints as ``stopped at step N; rerun the same command to
 resume`` (exit code 130, for either signal). The handlers are removed as soon as one fires, so a
 second Ctrl-C raises ``KeyboardInterrupt`` at once and a second SIGTERM terminates the process (a
 checkpoint being written then is left half-written, and half-written checkpoints are never picked

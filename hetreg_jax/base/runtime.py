@@ -12,7 +12,7 @@ own script (``hetreg_jax.base.runtime.setup()``) behave alike.
   ``XLA_FLAGS``, so that the warp's gradient (a scatter-add) sums in a fixed order on GPUs and the
   same seed gives the same numbers there; ``0`` leaves XLA's faster non-deterministic GPU
   reductions. XLA:CPU and TPU programs are deterministic either way. It must be set before the
-  backend starts: after that it cannot act, and :func:`setup` says so.
+  backend starts: after that it cannot act, and `setup` says so.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def cache_dir() -> str | None:
 
 
 def enable_compilation_cache() -> str | None:
-    """Point JAX's persistent compilation cache at :func:`cache_dir` (unless JAX already has one or it
+    """Point JAX's persistent compilation cache at `cache_dir` (unless JAX already has one or it
     is off); returns the folder in use. An unwritable folder turns the cache off, never the run."""
     current = jax.config.jax_compilation_cache_dir
     if current:

@@ -18,7 +18,7 @@ from hetreg_jax.base import runtime
 
 DATA_AXIS = "data"
 
-# How many dispatched steps may be unfinished at once (see :class:`InFlight`). XLA:CPU admits 32
+# How many dispatched steps may be unfinished at once (see `InFlight`). XLA:CPU admits 32
 # computations per device; the bound keeps well below that, and 8 steps of look-ahead are plenty
 # to hide Python dispatch on any backend.
 MAX_IN_FLIGHT = 8
@@ -124,11 +124,11 @@ def set_cpu_collective_timeouts(timeouts: Mapping[str, int] = CPU_COLLECTIVE_TIM
 
 def configure_cpu_devices(batch_sizes: Sequence[int], requested: int = 0) -> int:
     """Before any JAX computation: expose the CPU as ``requested`` devices (0 = ``cpu_device_count``),
-    set the collective time-outs (:data:`CPU_COLLECTIVE_TIMEOUTS`) and the process-wide settings of
-    :func:`hetreg_jax.base.runtime.setup` (compilation cache, deterministic GPU ops).
+    set the collective time-outs (`CPU_COLLECTIVE_TIMEOUTS`) and the process-wide settings of
+    `hetreg_jax.base.runtime.setup` (compilation cache, deterministic GPU ops).
 
     Many XLA:CPU kernels (convolutions included) run on one thread, so a data mesh with one CPU device
-    per core keeps every core busy (on 2 cores: 21.9 vs 17.5 training pairs/s, see the README). It
+    per core keeps every core busy (on 2 cores: 21.9 vs 17.5 training pairs/s, see docs/speed.md). It
     only affects the CPU backend; on a GPU or TPU host the mesh still spans the accelerators.
     """
     n = requested or cpu_device_count(batch_sizes)

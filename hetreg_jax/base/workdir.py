@@ -4,20 +4,20 @@
   The kernel drops the lock when the process dies, however it dies (``kill -9`` included), so a
   lock is never stale; the file itself stays (removing it would race with a waiting process) and
   holds the PID and host of the last holder, as information only. A second process is refused
-  with :class:`WorkdirLocked`. On Linux NFS, ``flock`` is emulated with POSIX byte-range locks,
+  with `WorkdirLocked`. On Linux NFS, ``flock`` is emulated with POSIX byte-range locks,
   which the server arbitrates.
 - **Config record**: ``workdir/config.json`` is the config of the latest run, written atomically
   (temporary file, ``fsync``, rename). A later run is compared with it key by key (nested keys
-  dotted, e.g. ``optim.motion_lr``). Keys in :data:`FREE_KEYS` (and every ``eval.*`` key) may change
+  dotted, e.g. ``optim.motion_lr``). Keys in `FREE_KEYS` (and every ``eval.*`` key) may change
   freely: they steer how long the run goes and what it logs or evaluates, not what a training step
-  computes. Any other difference is refused with :class:`ConfigMismatch` (one ``key: old -> new``
+  computes. Any other difference is refused with `ConfigMismatch` (one ``key: old -> new``
   entry per key) unless the caller allows it; accepted changes are appended to
   ``workdir/config_history.jsonl`` and ``config.json`` is rewritten.
 - **Metric log**: on resume from step ``s``, ``metrics.jsonl`` keeps only complete records with
   ``step <= s`` (a killed run may have logged steps the resumed run repeats, or a half line).
 
-Nothing here writes until the caller has decided the run may go on: :func:`config_changes` only
-reads, and :meth:`WorkdirLock.acquire` creates at most the folder and an empty ``.lock``.
+Nothing here writes until the caller has decided the run may go on: `config_changes` only
+reads, and `WorkdirLock.acquire` creates at most the folder and an empty ``.lock``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ METRICS_NAME = "metrics.jsonl"
 # (extend num_steps to train longer), logging, validation and checkpoint cadence, retention, and
 # how batches reach the steps (steps per call, data on the devices or the host: the same batches,
 # the same steps up to float rounding). With the "poly" learning-rate schedule num_steps also sets
-# the decay length, so extending it changes the remaining learning rates (documented in the README).
+# the decay length, so extending it changes the remaining learning rates (documented in docs/troubleshooting.md).
 FREE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "steps_per_call",
              "steps_per_call_form", "data.on_device")
 FREE_PREFIXES = ("eval.",)
@@ -307,8 +307,8 @@ def recorded_config(workdir: str) -> dict | None:
 def config_changes(config, workdir: str, allow_change: bool = False) -> dict[str, tuple[Any, Any]]:
     """Differences ``{key: (old, new)}`` from the recorded config; raises if a restricted one changed.
 
-    Reads only. Raises :class:`ConfigMismatch` naming every restricted key (``key: old -> new``)
-    unless ``allow_change``; free keys (:func:`is_free_key`) never raise.
+    Reads only. Raises `ConfigMismatch` naming every restricted key (``key: old -> new``)
+    unless ``allow_change``; free keys (`is_free_key`) never raise.
     """
     old = recorded_config(workdir)
     if old is None:

@@ -3,13 +3,13 @@
 elastix (Klein et al. 2010) through the ``itk-elastix`` package; no network is trained. Each test
 pair is registered on its own, then scored by the same code as the networks (``evaluation.score``).
 
-The paper gives no parameter map; :func:`parameter_map` is a standard one (see the README table):
+The paper gives no parameter map; `parameter_map` is a standard one (see docs/results-phantoms.md, "Elastix baseline"):
 one metric, ``AdaptiveStochasticGradientDescent`` on a ``BSplineTransform``, a 3-level smoothing
 pyramid with the grid refined by 2 per level, random-coordinate sampling with a fixed
 ``RandomSeed`` and a fixed thread count (elastix's gradient sums depend on it), so a run is
 reproducible.
 
-Conversion to the project's convention (README, Conventions). elastix registers the moving image to
+Conversion to the project's convention (docs/method.md). elastix registers the moving image to
 the fixed one: its transform ``T`` maps a point of the fixed grid to the moving image, and the
 result is ``m(T(x))``; transformix's deformation field is ``T(x) - x`` on the fixed grid, which is
 our ``u`` (``warp(m, u)(x) = m(x + u(x))``). ITK indexes a numpy array ``[z, y, x]`` (``[y, x]``)

@@ -1,6 +1,6 @@
 """Every config value checked in one place, before anything is computed or written.
 
-:func:`validate_config` refuses a setting that cannot run or has no meaning with a one-line
+`validate_config` refuses a setting that cannot run or has no meaning with a one-line
 ``ValueError`` naming the key, the value and what is allowed, e.g.
 ``config.loss.beta=2.0 is not allowed: a number in [0, 1] (0 = plain NLL, 1 = MSE-like gradients)``.
 ``main.py`` calls it before the devices are set up or the workdir is touched; the library entry
@@ -24,6 +24,7 @@ from typing import Any, Iterable
 from hetreg_jax.config.defaults import get_config
 from hetreg_jax.core import losses, methods
 from hetreg_jax.data import structures, synthetic
+from hetreg_jax.models.unet import UPSAMPLE_FORMS
 
 MODELS = ("voxelmorph", "transmorph")
 MOTION_SCHEDULES = ("auto", "constant", "poly")
@@ -147,6 +148,7 @@ def validate_config(config) -> None:
     _check_choice(config, "steps_per_call_form", CHUNK_FORMS)
     _check_choice(config, "compute_dtype", COMPUTE_DTYPES)
     _check_choice(config, "remat", REMAT_MODES)
+    _check_choice(config, "unet_upsample", UPSAMPLE_FORMS)
     if config.data.on_device == "host" and config.steps_per_call > 1:
         raise _refuse("steps_per_call", config.steps_per_call,
                       "1 with data.on_device='host' (several steps per call gather their batches on the devices)")

@@ -3,7 +3,7 @@
 A method decides (a) the data term of the motion loss, (b) whether and how a variance estimator is
 trained alongside (and so the phases of training), and (c) the options that change the motion loss
 (a sampled velocity, residual-adaptive weights). Everything else (network, regulariser, optimiser,
-loop) is shared. Adding a baseline is adding one :class:`Method` to :data:`METHODS`.
+loop) is shared. Adding a baseline is adding one `Method` to `METHODS`.
 """
 
 from __future__ import annotations

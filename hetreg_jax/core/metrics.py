@@ -9,7 +9,7 @@ Conventions shared by every function here:
 * Distances are in voxels (pixels) unless ``spacing`` (one voxel size per spatial axis, or a
   scalar for all) is given, in which case they are in the units of ``spacing``.
 * Undefined results are ``NaN``: they are returned, never silently dropped, so callers can count
-  them (see :func:`summarize`).
+  them (see `summarize`).
 * Surfaces are ``mask XOR erosion(mask)`` with a connectivity-1 structuring element and the
   region outside the image treated as background, so a mask that touches the border has surface
   voxels on the border.
@@ -177,7 +177,7 @@ def sd_log_jacobian(displacement, crop: int = 2, learn2reg: bool = False) -> flo
     """Standard deviation (ddof=0) of ``log(det J)`` over the interior of the field.
 
     ``crop`` voxels are removed from both ends of every spatial axis before the statistic;
-    ``det J`` (see :func:`jacobian_determinant_np`) is clipped to ``[1e-9, 1e9]`` before the log,
+    ``det J`` (see `jacobian_determinant_np`) is clipped to ``[1e-9, 1e9]`` before the log,
     so folded voxels contribute ``log(1e-9)`` rather than ``NaN``.
     ``learn2reg=True`` reproduces the Learn2Reg evaluation quirk: ``det J + 3`` is clipped and
     logged instead (kept only for comparability with published Learn2Reg numbers).
@@ -261,7 +261,7 @@ def sparsification(sq_error, uncertainty, steps: int = 50,
 
 
 def oracle_sparsification(sq_error, steps: int = 50, mask=None) -> tuple[np.ndarray, np.ndarray]:
-    """Oracle sparsification curve: pixels ranked by ``sq_error`` itself (see :func:`sparsification`)."""
+    """Oracle sparsification curve: pixels ranked by ``sq_error`` itself (see `sparsification`)."""
     err = _select(sq_error, mask)
     return _curve_from_ranking(err, err, steps)
 
@@ -277,7 +277,7 @@ def ause(sq_error, uncertainty, steps: int = 50, mask=None) -> float:
 
 
 def sparsification_curves(sq_error, uncertainty, steps: int = 50, mask=None):
-    """``(fractions, curve, oracle_curve, ause)`` in one pass (see :func:`sparsification`, :func:`ause`)."""
+    """``(fractions, curve, oracle_curve, ause)`` in one pass (see `sparsification`, `ause`)."""
     fractions, curve = sparsification(sq_error, uncertainty, steps, mask=mask)
     _, oracle = oracle_sparsification(sq_error, steps, mask=mask)
     return fractions, curve, oracle, float(np.trapezoid(curve - oracle, fractions))

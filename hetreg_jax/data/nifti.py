@@ -371,8 +371,8 @@ def mm_affine(volume: Volume) -> np.ndarray:
 
 
 def write_itk_warp(path, vectors: np.ndarray, affine: np.ndarray, header=None) -> str:
-    """Write LPS-mm displacement vectors ``[*S, C]`` (:func:`itk_displacement` of the
-    :func:`mm_affine` s, C = 2 for a 2D field, else 3) as an ITK/ANTs displacement field
+    """Write LPS-mm displacement vectors ``[*S, C]`` (`itk_displacement` of the
+    `mm_affine` s, C = 2 for a 2D field, else 3) as an ITK/ANTs displacement field
     ``[X, Y, Z, 1, C]`` float32, intent 1007, with the reference's spatial unit and ``affine``
     (in that unit, as in the reference file) as both sform and qform (ITK reads one, nibabel the other: they must agree;
     the codes are the reference's sform code, else its qform code, else 1 = scanner)."""

@@ -145,7 +145,7 @@ def subjects(root: str, image_size, seed: int, structures=None, centre: str = "l
 def read_pair(moving: str, fixed: str, moving_label: str | None, fixed_label: str | None, ndim: int,
               structures=None):
     """Read and check the four files of a pair: ``(moving, fixed, moving_label, fixed_label)``
-    volumes (labels None when not given); ``structures``: see :func:`subjects`."""
+    volumes (labels None when not given); ``structures``: see `subjects`."""
     m, f = nifti.read_image(moving, ndim), nifti.read_image(fixed, ndim)
     ml = nifti.read_label(moving_label, ndim, like=m, required=structures) if moving_label else None
     fl = nifti.read_label(fixed_label, ndim, like=f) if fixed_label else None
@@ -164,7 +164,7 @@ def read_stacks(moving: str, fixed: str, moving_label: str | None, fixed_label: 
 
 
 def stack_pairs(m, f, ml, fl, image_size, centre: str = "label") -> list[dict]:
-    """The per-slice pairs of stacks read by :func:`read_stacks` (``acdc.slice_pairs`` at
+    """The per-slice pairs of stacks read by `read_stacks` (``acdc.slice_pairs`` at
     ``acdc.crop_centre`` of the ED label; with ``centre="images"`` or without an ED label, where ED
     and ES differ most, ``preprocess.motion_centre``), with in-plane ``spacing``."""
     ed_label = None if ml is None else ml.data

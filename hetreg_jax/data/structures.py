@@ -3,7 +3,7 @@
 A convention is written ``"name=label,..."`` (``config.data.structures``), e.g. ACDC's
 ``"rv=1,myo=2,lv=3"``; names are lower-case words (``myo`` is the myocardium, the paper's headline
 structure; ``lv``/``rv`` the ventricular cavities, ``la`` the left atrium), labels 1-255. ``"auto"``
-takes the convention of the dataset's layout or phantom kind (:data:`CONVENTIONS`).
+takes the convention of the dataset's layout or phantom kind (`CONVENTIONS`).
 """
 
 from __future__ import annotations

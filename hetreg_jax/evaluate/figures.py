@@ -69,7 +69,7 @@ def _heart_box(*masks: np.ndarray) -> tuple[slice, slice]:
 
 
 def examples(pairs, pred: dict, path: str, count: int = EXAMPLE_PAIRS) -> str | None:
-    """Save :func:`example_figure` to ``path``; None when there is no pair."""
+    """Save `example_figure` to ``path``; None when there is no pair."""
     fig = example_figure(pairs, pred, count)
     if fig is None:
         return None

@@ -514,7 +514,7 @@ def report_table5(runs, base, root, profile, skipped, args) -> list[str]:
     text = ["# Table 5: displacement uncertainty (VoxelMorph)\n", _setting(runs, base, root, profile),
             "σ_z AUSE: sparsification of the squared true endpoint error ranked by σ_z; σ_z ECE: 10 equal-count "
             "bins, |RMS endpoint error − √ndim · RMS σ_z| weighted by count; σ_I: predicted against the "
-            "phantoms' true noise σ (README, 'Displacement uncertainty'). The paper's numbers are on real "
+            "phantoms' true noise σ (docs/uncertainty.md). The paper's numbers are on real "
             "ACDC / CAMUS.\n", markdown(header, rows)]
     path = _write_markdown(root, "table5.md", text, runs, skipped)
     if not args.get("figures", True):

@@ -6,7 +6,7 @@
     --table=2 (paired t-tests of Table 1's runs), 3 (3D echo phantoms), 4 (gamma), noise (noise sweep),
     5 (displacement uncertainty: Vxm, Vxm-diff, ours with sigma_z, sigma_I or both)
 
-Every (dataset, model, method, seed[, gamma][, noise scale]) run has its own workdir under W
+Every (dataset, model, method, seed, and gamma or noise scale where varied) run has its own workdir under W
 (``W/acdc/voxelmorph/mse/seed0``, ``W/acdc/voxelmorph/ours_gamma0.25/seed0``,
 ``W/noise2/acdc/voxelmorph/ours/seed0``, Elastix: ``W/acdc/elastix/seed0``), trained with
 ``train.loop.train_and_evaluate``: the same data, split, seed and step budget for every method. A run
@@ -14,13 +14,13 @@ whose ``eval/test_metrics.json`` is of its last step is skipped, an interrupted 
 last checkpoint, so rerunning the command continues (and completes with the same numbers). A run
 that fails (e.g. a non-finite loss) is recorded in its ``experiment_failed.json``, skipped on later
 calls (``--retry_failed`` tries again) and footnoted in the tables. The reports (``table1.md`` ...,
-``fig2.png``, ``fig3.png``, ``noise.png``) are written by :mod:`hetreg_jax.experiments.report` at the
+``fig2.png``, ``fig3.png``, ``noise.png``) are written by `hetreg_jax.experiments.report` at the
 end of every call from whatever runs are finished; ``--report_only`` only writes them.
 
 Profiles: ``paper`` = the ``--config`` file's own values (METHOD.md: 128², 30000 steps, lr 1e-4; for
-a GPU or TPU). ``quick`` (:data:`QUICK`) = 64² ACDC/CAMUS phantoms, 600 steps, both lrs 1e-3 (as
+a GPU or TPU). ``quick`` (`QUICK`) = 64² ACDC/CAMUS phantoms, 600 steps, both lrs 1e-3 (as
 configs/quick.py), TransMorph with embed_dim 48; echo3d 32³, 300 steps, batch 2. ``cpu``
-(:data:`CPU`) = real data on a laptop CPU: the config's image size (128² for ACDC: the heart does
+(`CPU`) = real data on a laptop CPU: the config's image size (128² for ACDC: the heart does
 not fit 64²), 1200 steps, both lrs 1e-3, TransMorph with embed_dim 48. Explicit ``--config.KEY=V``
 overrides on the command line always win over the profile (the runner's own axes, method, model,
 seed, fold, γ and noise scale, excepted); each run records the config it used in its
@@ -28,7 +28,7 @@ seed, fold, γ and noise scale, excepted); each run records the config it used i
 
 Seeds in one program: with ``--vmap_seeds`` the unfinished seeds of each (dataset, model, method,
 fold, γ, noise scale) train together, ``jax.vmap`` over their stacked states
-(:func:`hetreg_jax.train.loop.train_and_evaluate_together`); their workdirs are those of separate runs.
+(`hetreg_jax.train.loop.train_and_evaluate_together`); their workdirs are those of separate runs.
 Whatever the flag, one (model, method, shape) compiles its training step once for all its seeds, γ
 and noise scales (``train.step.programs_for``).
 
@@ -120,7 +120,7 @@ def train_run(config, workdir: str) -> dict:
 
 
 def train_together(configs, workdirs) -> list[dict]:
-    """:func:`train.train_and_evaluate_together`, resuming runs recorded by older versions."""
+    """`train.train_and_evaluate_together`, resuming runs recorded by older versions."""
     return _resuming_older_records(train.train_and_evaluate_together, configs, workdirs)
 
 
@@ -153,7 +153,7 @@ def execute(runs, base, root: str, profile: str, train_fn=None, retry_failed: bo
     """Train and evaluate every unfinished run in order; returns run -> "done", "skipped", "failed".
 
     With ``vmap_seeds`` the unfinished seeds of one configuration train together in one program
-    (:func:`train_together`): each still gets its own workdir, checkpoints, metrics and evaluation,
+    (`train_together`): each still gets its own workdir, checkpoints, metrics and evaluation,
     and the wall time of the group is shared equally among them. A group that cannot train together
     (runs at different steps) or that fails (e.g. one seed's loss turns non-finite) is trained again
     one run at a time, resuming where it stopped, so that only the failing run is recorded failed.
@@ -267,7 +267,7 @@ def run_table(table: str, base, root: str, profile="quick", seeds=(0, 1, 2),
               noise_scales=(0.5, 1, 2, 4), train_fn=None, report_only=False, retry_failed=False,
               figures=True, say=print, folds=(), vmap_seeds=False) -> list[str]:
     """Train what ``table`` needs (unless ``report_only``), then write its reports; returns their paths.
-    ``profile``: a name of ``PROFILES`` or a :class:`Profile` (with the user's overrides)."""
+    ``profile``: a name of ``PROFILES`` or a `Profile` (with the user's overrides)."""
     if table not in TABLES:
         raise ValueError(f"--table={table!r}: one of {', '.join(TABLES)}")
     profile = as_profile(profile)

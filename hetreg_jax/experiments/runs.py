@@ -1,6 +1,6 @@
-"""The runs of ``python -m hetreg_jax.experiments``: which runs a table needs (:func:`plan`), the
-config of each (:func:`run_config`, the profiles :data:`QUICK` and :data:`CPU`), where each lives
-(:meth:`Run.path`), whether it is finished, failed or stale, its wall time, and its names and
+"""The runs of ``python -m hetreg_jax.experiments``: which runs a table needs (`plan`), the
+config of each (`run_config`, the profiles `QUICK` and `CPU`), where each lives
+(`Run.path`), whether it is finished, failed or stale, its wall time, and its names and
 results as the reports and figures read them.
 """
 
@@ -134,7 +134,7 @@ def explicit_overrides(argv, config) -> dict:
 @dataclasses.dataclass(frozen=True)
 class Profile:
     """A profile's name (``PROFILES``) and the user's explicit ``--config.KEY=V`` overrides
-    (``{dotted key: value}``, :func:`explicit_overrides`), which win over the profile's settings.
+    (``{dotted key: value}``, `explicit_overrides`), which win over the profile's settings.
     Wherever a profile is expected its bare name does too (no overrides)."""
     name: str
     overrides: dict = dataclasses.field(default_factory=dict)
@@ -152,7 +152,7 @@ def as_profile(profile) -> Profile:
 
 def run_config(base, run: Run, profile):
     """The config of one run: the dataset's base, the profile's settings, the user's explicit
-    overrides (a :class:`Profile`'s), then the run's own keys."""
+    overrides (a `Profile`'s), then the run's own keys."""
     profile = as_profile(profile)
     overrides = profile.overrides
     config = base_for(base, run.dataset)

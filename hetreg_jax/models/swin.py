@@ -88,7 +88,7 @@ def window_partition(x: jax.Array, window: Sequence[int]) -> jax.Array:
 
 
 def window_reverse(windows: jax.Array, window: Sequence[int], spatial: Sequence[int]) -> jax.Array:
-    """Inverse of :func:`window_partition`: ``[B * nW, prod(window), C]`` → ``[B, *spatial, C]``."""
+    """Inverse of `window_partition`: ``[B * nW, prod(window), C]`` → ``[B, *spatial, C]``."""
     nd = len(spatial)
     grid = [s // w for s, w in zip(spatial, window)]
     c = windows.shape[-1]

@@ -7,7 +7,7 @@ Input: ``moving`` and ``fixed`` images ``[B, *S, C]`` (``ndim = len(S)``), conca
 
 Structure (the reference's, with ``E = embed_dim`` and ``L = len(depths)`` stages):
 
-* Swin encoder (:class:`~hetreg_jax.models.swin.SwinEncoder`): patch embedding (conv, stride
+* Swin encoder (`hetreg_jax.models.swin.SwinEncoder`): patch embedding (conv, stride
   ``patch_size`` = 4, LayerNorm), stage ``i`` at ``1/(4·2**i)`` with ``E·2**i`` channels, each stage
   output LayerNorm-ed.
 * Convolutional skips from the input: ``f4 = ConvINAct(E/2)(AvgPool(3, stride 2, pad 1, padding
@@ -19,9 +19,9 @@ Structure (the reference's, with ``E = embed_dim`` and ``L = len(depths)`` stage
 * Flow head: 3×3 conv to ``ndim`` channels, weights N(0, 1e-5²), bias 0.
 
 Sizes: any. The network runs on a grid whose sizes are multiples of ``patch_size · 2**(L-1)`` (32
-for the paper's configuration, :func:`size_multiple`): the images are zero-padded at the high end of
+for the paper's configuration, `size_multiple`): the images are zero-padded at the high end of
 each axis up to it and the displacement (and ``log_var_z``) cropped back to ``S``
-(:mod:`~hetreg_jax.models.padding`; no padding op for sizes that already are multiples).
+(`hetreg_jax.models.padding`; no padding op for sizes that already are multiples).
 
 Precision and memory: ``dtype`` (e.g. ``jnp.bfloat16``) is the compute dtype of the encoder, the skips
 and the decoder (convolutions, Dense layers, attention, norms); the heads run in float32 on the
@@ -54,10 +54,10 @@ WINDOW_2D = (8, 8)
 
 
 def transmorph_config(ndim: int, image_size: Sequence[int]) -> dict[str, Any]:
-    """Keyword arguments of :class:`TransMorph` for ``ndim`` 2 (the paper's 2D TransMorph, window 8,
+    """Keyword arguments of `TransMorph` for ``ndim`` 2 (the paper's 2D TransMorph, window 8,
     for 128²) or 3 (the same widths and depths with window (4, 4, 4), for 64³ volumes).
 
-    ``image_size`` is checked with :func:`validate_input` (raises ``ValueError``).
+    ``image_size`` is checked with `validate_input` (raises ``ValueError``).
     """
     if ndim not in (2, 3) or len(image_size) != ndim:
         raise ValueError(f"ndim must be 2 or 3 and match image_size; got ndim={ndim}, image_size={tuple(image_size)}")
@@ -72,7 +72,7 @@ def validate_input(image_size: Sequence[int], config: Mapping[str, Any]) -> None
     """Raise ``ValueError`` unless ``image_size`` (spatial shape, 2 or 3 entries) suits ``config``.
 
     ``config`` needs ``patch_size`` and ``depths``; ``window_size``, ``embed_dim`` and ``num_heads`` are
-    checked when present. Any positive size is taken (the network pads to :func:`size_multiple`);
+    checked when present. Any positive size is taken (the network pads to `size_multiple`);
     ``patch_size`` must be 4 (the two convolutional skips sit at 1/2 and full resolution).
     """
     size = tuple(int(s) for s in image_size)
@@ -130,7 +130,7 @@ class ConvNormAct(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """Upsample ×2 → concatenate ``[x, skip]`` → two :class:`ConvNormAct` of ``features`` channels."""
+    """Upsample ×2 → concatenate ``[x, skip]`` → two `ConvNormAct` of ``features`` channels."""
 
     features: int
     dtype: Any = jnp.float32

@@ -6,7 +6,10 @@ convolution per level):
 - encoder: for each ``enc_features[i]``: conv + LeakyReLU(0.2) -> keep as skip -> 2x max-pool;
 - decoder: for each of the first ``len(enc)`` entries of ``dec_features``: conv + LeakyReLU(0.2) ->
   nearest 2x upsample -> concatenate the matching encoder skip (deepest first); the convolution
-  that follows each upsampling is computed in the exact sub-pixel form (``upsample_concat_conv``);
+  that follows each upsampling is computed in the exact sub-pixel form (``upsample_concat_conv``)
+  with ``upsample="subpixel"`` (the default, faster on XLA:CPU), or on the upsampled
+  concatenation itself with ``upsample="plain"`` (one ``3**ndim`` convolution, the form cuDNN and
+  TPUs are built for); both forms use the same parameters and agree to float rounding;
 - the remaining ``dec_features`` entries: conv + LeakyReLU(0.2) at full resolution.
 
 The raw input is not concatenated to anything. Every convolution is ``3**ndim``, stride 1, 'SAME'
@@ -37,6 +40,7 @@ import jax.numpy as jnp
 ENC_FEATURES = (16, 32, 32, 32)
 DEC_FEATURES = (32, 32, 32, 32, 32, 16, 16)
 KERNEL = 3
+UPSAMPLE_FORMS = ("subpixel", "plain")   # how the convolution after each upsampling is computed
 LEAKY_SLOPE = 0.2
 
 # uniform(±sqrt(3 * scale / fan_in)) with scale 1/3 is uniform(±1/sqrt(fan_in)): PyTorch's default.
@@ -133,15 +137,16 @@ class Level(nn.Module):
     2x max-pooling; returns ``(activation, pooled)`` (``pooled`` is None unless ``pool``).
 
     With ``skip`` (a decoder level after an upsampling) the convolution runs over
-    ``concat(upsample_nearest(x), skip)`` in the sub-pixel form of :func:`upsample_concat_conv`.
+    ``concat(upsample_nearest(x), skip)`` in the sub-pixel form of `upsample_concat_conv`.
     Parameters (``kernel`` ``[3]*ndim + [C_in, C_out]``, ``bias``) and their init are those of
-    :func:`conv_layer` (over the concatenation), so parameter trees, counts and checkpoints are the
+    `conv_layer` (over the concatenation), so parameter trees, counts and checkpoints are the
     same as a plain ``nn.Conv``'s. Computes in ``dtype``; parameters stay float32.
     """
 
     features: int
     pool: bool = False
     dtype: Any = jnp.float32
+    upsample: str = "subpixel"     # "plain": build the upsampled concatenation and convolve it
 
     @nn.compact
     def __call__(self, x: jax.Array, skip: jax.Array | None = None):
@@ -152,6 +157,8 @@ class Level(nn.Module):
         x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
         if skip is None:
             h = _conv(x, kernel, "SAME")
+        elif self.upsample == "plain":
+            h = _conv(jnp.concatenate([upsample_nearest(x), skip.astype(self.dtype)], axis=-1), kernel, "SAME")
         else:
             h = upsample_concat_conv(x, skip.astype(self.dtype), kernel)
         h = nn.leaky_relu(h + bias, LEAKY_SLOPE)
@@ -173,9 +180,12 @@ class UNet(nn.Module):
     dec_features: Sequence[int] = DEC_FEATURES
     dtype: Any = jnp.float32
     remat: bool = False
+    upsample: str = "subpixel"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.upsample not in UPSAMPLE_FORMS:
+            raise ValueError(f"upsample={self.upsample!r}; one of {', '.join(UPSAMPLE_FORMS)}")
         n_levels = len(self.enc_features)
         if len(self.dec_features) < n_levels:
             raise ValueError(
@@ -188,16 +198,16 @@ class UNet(nn.Module):
 
         skips = []
         for i, features in enumerate(self.enc_features):
-            skip, x = level(features, pool=True, dtype=self.dtype, name=f"enc_{i}")(x)
+            skip, x = level(features, pool=True, dtype=self.dtype, upsample=self.upsample, name=f"enc_{i}")(x)
             skips.append(skip)
         # Each decoder level ends with "upsample, concatenate the skip"; the next convolution
         # consumes that pair directly (sub-pixel form), so the upsampled tensor is never built.
         skip = None
         for i, features in enumerate(self.dec_features[:n_levels]):
-            x = level(features, dtype=self.dtype, name=f"dec_{i}")(x, skip)[0]
+            x = level(features, dtype=self.dtype, upsample=self.upsample, name=f"dec_{i}")(x, skip)[0]
             skip = skips.pop()
         for i, features in enumerate(self.dec_features[n_levels:]):
-            x = level(features, dtype=self.dtype, name=f"extra_{i}")(x, skip)[0]
+            x = level(features, dtype=self.dtype, upsample=self.upsample, name=f"extra_{i}")(x, skip)[0]
             skip = None
         if skip is not None:  # no full-resolution convolution follows: return the concatenation
             x = jnp.concatenate([upsample_nearest(x), skip], axis=-1)

@@ -12,7 +12,7 @@ initialisation the output is therefore O(0.1), i.e. σ² ≈ 1, not exactly zero
 ``log_var`` head always runs in float32 on the U-Net features cast to float32, so log σ² is float32.
 
 Any size: the inputs are zero-padded at the high end of each axis up to a multiple of
-``2**len(enc_features)`` and log σ² is cropped back to ``S`` (:mod:`~hetreg_jax.models.padding`;
+``2**len(enc_features)`` and log σ² is cropped back to ``S`` (`hetreg_jax.models.padding`;
 no padding op for sizes that already are multiples).
 """
 
@@ -35,6 +35,7 @@ class VarianceUNet(nn.Module):
     dec_features: Sequence[int] = DEC_FEATURES
     dtype: Any = jnp.float32
     remat: bool = False
+    upsample: str = "subpixel"    # the U-Net's convolution after an upsampling (unet.py)
 
     @nn.compact
     def __call__(self, warped: jax.Array, fixed: jax.Array) -> jax.Array:
@@ -43,6 +44,6 @@ class VarianceUNet(nn.Module):
         ndim = warped.ndim - 2
         size = warped.shape[1:-1]
         pad = padding.padding(size, 2 ** len(self.enc_features))
-        features = UNet(self.enc_features, self.dec_features, self.dtype, self.remat, name="unet")(
+        features = UNet(self.enc_features, self.dec_features, self.dtype, self.remat, self.upsample, name="unet")(
             padding.pad_end(jnp.concatenate([warped, fixed], axis=-1), pad)).astype(jnp.float32)
         return padding.crop(conv_layer(1, ndim, features.shape[-1], name="log_var")(features), size)

@@ -4,7 +4,7 @@ Conventions: ``moving`` is the ED image, ``fixed`` the ES image, each ``[B, *S, 
 ``displacement`` ``[B, *S, ndim]`` is in voxels, channel ``k`` moves along spatial axis ``k``, and
 ``spatial.warp(moving, displacement)`` carries the moving image onto the fixed grid.
 
-Any size (:mod:`~hetreg_jax.models.padding`): the images are zero-padded at the high end of each
+Any size (`hetreg_jax.models.padding`): the images are zero-padded at the high end of each
 axis up to a multiple of ``size_multiple()`` (``2**len(enc_features)``, and ``int_downsize`` when
 diffeomorphic); ``displacement``, ``inverse_displacement`` and ``log_var_z`` are cropped back to
 ``S``, and so is ``velocity`` when it is the displacement (``int_steps == 0``). The diffeomorphic
@@ -66,6 +66,7 @@ class VoxelMorph(nn.Module):
     bidirectional: bool = False
     dtype: Any = jnp.float32      # U-Net compute dtype (bfloat16: mixed precision); heads stay float32
     remat: bool = False           # rematerialise each U-Net level in the backward pass
+    upsample: str = "subpixel"    # the U-Net's convolution after an upsampling: "subpixel" or "plain" (unet.py)
     predict_sigma: bool = False   # + log σ_z² head on the displacement (one channel)
     probabilistic: bool = False   # vxm-diff: + log σ_v² head on the velocity (ndim channels)
 
@@ -112,7 +113,7 @@ class VoxelMorph(nn.Module):
         return out
 
     def _padded_call(self, moving, fixed, ndim, velocity_noise):
-        unet = UNet(self.enc_features, self.dec_features, self.dtype, self.remat, name="unet")
+        unet = UNet(self.enc_features, self.dec_features, self.dtype, self.remat, self.upsample, name="unet")
         # The heads, the integration and everything downstream run in float32 (see ``dtype``).
         features = unet(jnp.concatenate([moving, fixed], axis=-1)).astype(jnp.float32)
         head = self._flow_head(features, ndim)

@@ -6,8 +6,8 @@ JSON record (step, model, method, image size) in ``<directory>/<step>/{state,met
 Completeness: orbax writes a step into ``<step>.orbax-checkpoint-tmp-*``, puts ``commit_success.txt``
 into it and into each item folder, then renames it to ``<step>``. Orbax itself treats *any*
 folder named like a step as finished; here a step counts only if its folder and both item folders
-hold ``commit_success.txt`` (:func:`is_complete`), so a half-written, half-deleted or hand-made step
-folder is never picked by :meth:`Checkpointer.latest_step` or restored. :meth:`remove_incomplete`
+hold ``commit_success.txt`` (`is_complete`), so a half-written, half-deleted or hand-made step
+folder is never picked by `Checkpointer.latest_step` or restored. `remove_incomplete`
 deletes such folders and orbax's temporary ones (call it only while holding the workdir lock).
 """
 
@@ -84,7 +84,7 @@ class Checkpointer:
         return out
 
     def remove_incomplete(self) -> list[str]:
-        """Delete :meth:`incomplete_paths` (so the step can be saved again); returns them."""
+        """Delete `incomplete_paths` (so the step can be saved again); returns them."""
         removed = self.incomplete_paths()
         for path in removed:
             if os.path.isdir(path):
@@ -97,7 +97,7 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Write a checkpoint of ``step``. On a full disk the half-written folder is removed (the
-        older checkpoints stay as they were) and :class:`NoSpace` is raised, in one line."""
+        older checkpoints stay as they were) and `NoSpace` is raised, in one line."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         with _stderr_held() as held:
             try:

@@ -3,10 +3,10 @@ from the host, one step per call.
 
 - **On the devices** (``data.on_device``: ``"auto"`` when it fits, or ``"device"``): the training
   split's images are placed once on every device (replicated); each call runs K =
-  ``steps_per_call`` iterations (:meth:`step.Trainer.train_chunk`), each gathering its batch on the
+  ``steps_per_call`` iterations (`step.Trainer.train_chunk`), each gathering its batch on the
   devices from the indices that ``default_rng([seed, t])`` gives, the same indices as the host path.
   No host gather, no host-to-device copy and one dispatch per K steps. In the ``"loop"`` form
-  (:func:`step.chunk_form`) the K steps are a ``jax.lax.fori_loop`` whose trip count is a run-time
+  (`step.chunk_form`) the K steps are a ``jax.lax.fori_loop`` whose trip count is a run-time
   value, so every chunk length up to K runs the same compiled program and gives the same
   floating-point results: K = 1 and K = 4 end with bit-identical parameters (tested). In the
   ``"unrolled"`` form (the default on XLA:CPU) they are one straight-line program; a chunk shorter
@@ -89,7 +89,7 @@ class Feed:
     """Runs steps ``[start, end)`` of one phase and returns the new state and what to check later:
     ``[[(first step number, phase, measurements, count, row)]]``, one list per run of the state (here
     one), the measurements on the device: stacked ``[K]`` for a chunk, of which the first ``count``
-    are valid (``[runs, K]`` with the run's ``row`` for :class:`SeedFeed`), or scalars for a host step
+    are valid (``[runs, K]`` with the run's ``row`` for `SeedFeed`), or scalars for a host step
     (``count`` and ``row`` None). They are sliced on the host when fetched
     (``loop.check_pending``), not on the device after each call."""
 
@@ -144,8 +144,8 @@ class Feed:
 class SeedFeed(Feed):
     """Several runs that differ only in their traced hyper-parameters (seeds, γ, ...) trained in one
     program: their states stacked on a leading axis, each run's training split and data order (its
-    seed's) stacked too, and ``jax.vmap`` over the chunk of steps (:meth:`step.StepPrograms.seed_chunk`).
-    The data always stays on the devices. Measurements come back per run, as from :class:`Feed`."""
+    seed's) stacked too, and ``jax.vmap`` over the chunk of steps (`step.StepPrograms.seed_chunk`).
+    The data always stays on the devices. Measurements come back per run, as from `Feed`."""
 
     def __init__(self, trainers, pairs: list[Mapping], configs):
         # Not Feed.__init__: the first run's split alone is never placed on the devices.

@@ -12,10 +12,10 @@ and a dict of scalar measurements; the state is donated. The run around the step
 checkpoints, logging) is in ``loop.py``.
 
 **One program per structure.** The steps are pure functions ``(state, batch, hparams)``: the
-hyper-parameters that do not change a shape or a code path (:data:`HPARAMS`: γ, β, λ, the learning
+hyper-parameters that do not change a shape or a code path (`HPARAMS`: γ, β, λ, the learning
 rates, the seed that roots the dropout and sampling keys, ...) are traced arguments, not constants.
-The jitted programs are built once per *structure* (:data:`STRUCTURE_KEYS`: model, method, network
-widths, image size, ...) and mesh, and kept in a module-level cache (:func:`programs_for`), so every
+The jitted programs are built once per *structure* (`STRUCTURE_KEYS`: model, method, network
+widths, image size, ...) and mesh, and kept in a module-level cache (`programs_for`), so every
 seed, γ, β, learning rate and noise scale of one (model, method) reuses one compiled training step.
 """
 
@@ -63,11 +63,17 @@ def precision_kwargs(config) -> dict:
                 remat=config.get("remat", "none") == "blocks")
 
 
+def unet_kwargs(config) -> dict:
+    """``upsample`` (``config.unet_upsample``) of the VoxelMorph and variance U-Nets; configs saved
+    before the key existed mean the sub-pixel form."""
+    return dict(upsample=config.get("unet_upsample", "subpixel"))
+
+
 def motion_model_kwargs(config) -> dict:
     """Constructor arguments of the displacement estimator named by ``config.model``."""
     if config.model == "voxelmorph":
         m = config.motion
-        return dict(**precision_kwargs(config), enc_features=tuple(m.enc_features), dec_features=tuple(m.dec_features),
+        return dict(**precision_kwargs(config), **unet_kwargs(config), enc_features=tuple(m.enc_features), dec_features=tuple(m.dec_features),
                     int_steps=m.int_steps, int_downsize=m.int_downsize, bidirectional=m.bidirectional,
                     predict_sigma=m.predict_sigma, probabilistic=config.method == "vxm_diff")
     if config.model == "transmorph":
@@ -103,7 +109,7 @@ HPARAMS = {
 # programs see a config holding only these: reading any other key while tracing is an error, so a
 # program can never bake in a value that differs between the runs that share it.
 STRUCTURE_KEYS = ("model", "method", "num_steps", "steps_per_epoch", "steps_per_call_form", "compute_dtype",
-                  "remat", "data.image_size", "motion", "variance", "transmorph", "loss.snr_form",
+                  "remat", "unet_upsample", "data.image_size", "motion", "variance", "transmorph", "loss.snr_form",
                   "loss.minmax_scope", "loss.use_mask", "loss.ncc_window", "loss.mi_bins",
                   "optim.motion_schedule")
 
@@ -115,15 +121,16 @@ def _get(config, key: str):
 
 
 def hparams(config) -> dict[str, np.ndarray]:
-    """The traced hyper-parameters of ``config`` (:data:`HPARAMS`): float32 scalars, the seed int32."""
+    """The traced hyper-parameters of ``config`` (`HPARAMS`): float32 scalars, the seed int32."""
     return {name: np.asarray(_get(config, key), np.int32 if name == "seed" else np.float32)
             for name, key in HPARAMS.items()}
 
 
 def structure(config) -> ml_collections.ConfigDict:
-    """The part of ``config`` that the compiled programs depend on (:data:`STRUCTURE_KEYS`); keys
+    """The part of ``config`` that the compiled programs depend on (`STRUCTURE_KEYS`); keys
     that older configs lack take their defaults."""
-    defaults = {"compute_dtype": "float32", "remat": "none", "steps_per_call_form": "auto"}
+    defaults = {"compute_dtype": "float32", "remat": "none", "steps_per_call_form": "auto",
+                "unet_upsample": "subpixel"}
     out = ml_collections.ConfigDict()
     for key in STRUCTURE_KEYS:
         head, _, tail = key.partition(".")
@@ -146,7 +153,7 @@ def _structure_key(config) -> str:
 def lr_factor(config) -> Callable[[jax.Array], jax.Array] | None:
     """The motion lr's multiplier as a function of the training step, or None for a constant lr:
     TransMorph's polynomial decay ``(1 - epoch/epochs)^0.9`` (epoch = step // steps_per_epoch), 0
-    from ``num_steps`` on whatever the warm-start phases (see :func:`motion_optimizer`)."""
+    from ``num_steps`` on whatever the warm-start phases (see `motion_optimizer`)."""
     kind = config.optim.motion_schedule
     if kind == "auto":
         kind = "poly" if config.model == "transmorph" else "constant"
@@ -198,7 +205,7 @@ def motion_optimizer(config) -> optax.GradientTransformationExtraArgs:
     """Adam of the displacement estimator; its ``update`` takes the lr as ``lr=`` (traced) and the
     training step as ``step=``.
 
-    A decaying lr (:func:`lr_factor`) is read at the training step, not at Adam's count of motion
+    A decaying lr (`lr_factor`) is read at the training step, not at Adam's count of motion
     updates: with ``warm_start`` the variance-only phase makes no motion update, so a count-driven
     decay would end at ~5 % of the lr. Without warm start both counts are equal and the updates are
     bit-identical to ``optax.adam(schedule)``; the state has its layout too (the update count is
@@ -226,7 +233,7 @@ _PROGRAMS: dict = {}
 
 def programs_for(config, mesh: jax.sharding.Mesh) -> "StepPrograms":
     """The compiled-once programs of ``config``'s structure on ``mesh``, shared by every config that
-    differs only in :data:`HPARAMS` (and in keys no program reads: data, logging, evaluation)."""
+    differs only in `HPARAMS` (and in keys no program reads: data, logging, evaluation)."""
     key = (_structure_key(config), mesh)
     if key not in _PROGRAMS:
         _PROGRAMS[key] = StepPrograms(structure(config), mesh)
@@ -234,9 +241,9 @@ def programs_for(config, mesh: jax.sharding.Mesh) -> "StepPrograms":
 
 
 class StepPrograms:
-    """Models, optimisers and the pure jitted steps of one structure (:func:`structure`) on one mesh.
+    """Models, optimisers and the pure jitted steps of one structure (`structure`) on one mesh.
 
-    Every program takes the traced hyper-parameters (:func:`hparams`) as its last argument:
+    Every program takes the traced hyper-parameters (`hparams`) as its last argument:
     ``iteration(phase)(state, batch, hp)``, ``chunk(phase)(state, data, indices, length, hp)``,
     ``predict(state, batch, hp)``. ``pure_iteration`` / ``pure_chunk`` are the same functions before
     ``jax.jit``, to be transformed further (``jax.vmap`` over seeds).
@@ -253,7 +260,8 @@ class StepPrograms:
         if self.method.uses_variance:
             v = config.variance
             self.variance_model = get_model("variance_unet", enc_features=tuple(v.enc_features),
-                                            dec_features=tuple(v.dec_features), **precision_kwargs(config))
+                                            dec_features=tuple(v.dec_features), **precision_kwargs(config),
+                                            **unet_kwargs(config))
         self.motion_tx = motion_optimizer(config)
         self.variance_tx = variance_optimizer()
         self.bidirectional = config.model == "voxelmorph" and config.motion.bidirectional
@@ -517,7 +525,7 @@ class StepPrograms:
 
 class Trainer:
     """One run's view of the programs: its config, its traced hyper-parameters placed on the mesh, and
-    the shared compiled programs of its structure (:func:`programs_for`)."""
+    the shared compiled programs of its structure (`programs_for`)."""
 
     def __init__(self, config, mesh: jax.sharding.Mesh | None = None):
         self.config = config
@@ -553,7 +561,7 @@ class Trainer:
         ``[N, *spatial, 1]``, replicated); ``indices`` ``[K, batch]`` are the pair indices of up to K
         steps (rows past ``length`` are ignored); each step gathers its batch there and shards it
         over the mesh. The measurements come back stacked, ``[K]`` per key, the first ``length``
-        valid. In the ``"unrolled"`` form (:func:`chunk_form`) the program runs all ``len(indices)``
+        valid. In the ``"unrolled"`` form (`chunk_form`) the program runs all ``len(indices)``
         steps: ``length`` must equal it, and each distinct length is its own compilation.
         """
         program, hp = self.programs.chunk[phase], self.hparams
@@ -565,7 +573,7 @@ class Trainer:
         return lambda state, batch: program(state, batch, hp)
 
     def predict(self, state: ts.TrainState, batch) -> dict:
-        """Inference on a batch (see :meth:`StepPrograms._predict`)."""
+        """Inference on a batch (see `StepPrograms._predict`)."""
         return self.programs.predict(state, batch, self.hparams)
 
     def motion_step(self, state: ts.TrainState, batch):
