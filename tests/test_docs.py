@@ -143,3 +143,38 @@ def test_sunnybrook_fixture_loads_as_documented():
     assert all(1.28 < s[0] < 1.38 and 1.28 < s[1] < 1.38 for s in np.asarray(test["spacing"]))
     assert set(np.unique(test["moving_label"])) == {0, 1, 2}
     assert set(np.unique(test["fixed_label"])) == {0, 1}
+
+
+COMMANDS = {  # a command line as the docs show it -> the modules that define its flags
+    r"(?:python3? main\.py|^\s*hetreg)\b": ["hetreg_jax/cli/command.py"],
+    r"python -m hetreg_jax\.bench\b": ["hetreg_jax/cli/bench.py", "hetreg_jax/cli/bench_sweep.py"],
+    r"python -m hetreg_jax\.experiments\b": ["hetreg_jax/experiments/runner.py"],
+    r"python -m hetreg_jax\.compare\b": ["hetreg_jax/evaluate/compare.py"],
+}
+ABSL = {"help", "helpfull", "verbosity", "v", "logtostderr", "alsologtostderr"}
+
+
+def command_lines(path: pathlib.Path):
+    """The shell lines of a page's code blocks, continuation lines joined."""
+    text = path.read_text(encoding="utf-8")
+    for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S):
+        yield from block.replace("\\\n", " ").splitlines()
+
+
+def test_flags_shown_in_commands_exist():
+    defined = {}
+    for pattern, files in COMMANDS.items():
+        names = set(ABSL)
+        for file in files:
+            names |= set(re.findall(r"DEFINE_\w+\(\s*\"(\w+)\"", (ROOT / file).read_text(encoding="utf-8")))
+        defined[pattern] = names
+    checked = 0
+    for path in ALL_MARKDOWN:
+        for line in command_lines(path):
+            for pattern, names in defined.items():
+                for command in re.split(r"(?=%s)" % pattern, line)[1:]:
+                    command = re.split(r"\s#\s", command)[0]              # drop a trailing comment
+                    for flag in re.findall(r"(?<![\w-])--(\w+)(?![\w.])", command):
+                        assert flag in names or flag.startswith("no") and flag[2:] in names, f"{path.name}: {command.strip()[:80]}: no flag --{flag}"
+                        checked += 1
+    assert checked > 100
