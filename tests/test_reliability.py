@@ -298,3 +298,40 @@ def test_log_variance_is_clipped_to_a_safe_range():
         weight = losses.snr_weight(x[::-1], log_var, config.loss.gamma, mask=x > 0)
         nll = losses.beta_nll(x[::-1], x, log_var, beta=config.loss.beta)
         assert bool(jnp.all(jnp.isfinite(weight))) and bool(jnp.isfinite(nll))
+
+
+def test_background_checkpoint_survives_donation_and_reports_a_full_disk(tmp_path):
+    """A background save copies the state to the host before returning, so the device buffers may
+    be donated (deleted) at once; the write is confirmed by finish(); a full disk found then is a
+    NoSpace naming that step, its half-written folder removed, the older checkpoint kept."""
+    import errno
+
+    from hetreg_jax.train.checkpoint import NoSpace
+
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"), asynchronous=True)
+    values = {"a": np.arange(1000, dtype=np.float32), "b": np.full((3, 4), 7.0, np.float32)}
+    state = jax.tree.map(jnp.asarray, values)
+    ckpt.save(2, state, {"step": 2}, wait=False)
+    assert ckpt.pending == 2 and ckpt.confirmed is None
+    for leaf in jax.tree.leaves(state):
+        leaf.delete()                                   # as a donated buffer is
+    ckpt.finish()
+    assert ckpt.pending is None and ckpt.confirmed == 2 and ckpt.all_steps() == [2]
+    restored, meta = ckpt.restore(jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), values))
+    assert meta == {"step": 2}
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), values)
+
+    ckpt.save(4, jax.tree.map(jnp.asarray, values), {"step": 4}, wait=False)
+    real_wait = ckpt._manager.wait_until_finished
+
+    def full_disk():
+        real_wait()
+        os.remove(os.path.join(ckpt.step_dir(4), "commit_success.txt"))   # as if cut short
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    ckpt._manager.wait_until_finished = full_disk
+    with pytest.raises(NoSpace, match="checkpoint of step 4"):
+        ckpt.finish()
+    ckpt._manager.wait_until_finished = real_wait
+    assert ckpt.confirmed == 2 and ckpt.all_steps() == [2] and not os.path.exists(ckpt.step_dir(4))
+    ckpt.close()

@@ -45,8 +45,8 @@ METRICS_NAME = "metrics.jsonl"
 # how batches reach the steps (steps per call, data on the devices or the host: the same batches,
 # the same steps up to float rounding). With the "poly" learning-rate schedule num_steps also sets
 # the decay length, so extending it changes the remaining learning rates (documented in docs/troubleshooting.md).
-FREE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "steps_per_call",
-             "steps_per_call_form", "data.on_device")
+FREE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "checkpoint_async",
+             "steps_per_call", "steps_per_call_form", "data.on_device")
 FREE_PREFIXES = ("eval.",)
 
 _ABSENT = "<absent>"

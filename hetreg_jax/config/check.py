@@ -34,6 +34,7 @@ DATA_PLACEMENTS = ("auto", "device", "host")
 CHUNK_FORMS = ("auto", "loop", "unrolled")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 REMAT_MODES = ("none", "blocks")
+CHECKPOINT_ASYNC = ("auto", "on", "off")
 # elastix.metric: the config's name -> the Elastix metric it selects (hetreg_jax/baselines/elastix.py)
 ELASTIX_METRICS = {"mean_squares": "AdvancedMeanSquares", "mutual_information": "AdvancedMattesMutualInformation",
                    "ncc": "AdvancedNormalizedCorrelation"}
@@ -149,6 +150,7 @@ def validate_config(config) -> None:
     _check_choice(config, "compute_dtype", COMPUTE_DTYPES)
     _check_choice(config, "remat", REMAT_MODES)
     _check_choice(config, "unet_upsample", UPSAMPLE_FORMS)
+    _check_choice(config, "checkpoint_async", CHECKPOINT_ASYNC)
     if config.data.on_device == "host" and config.steps_per_call > 1:
         raise _refuse("steps_per_call", config.steps_per_call,
                       "1 with data.on_device='host' (several steps per call gather their batches on the devices)")

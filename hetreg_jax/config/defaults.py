@@ -33,6 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_every = 1_000            # validation Dice every N steps (0 = never during training)
     c.checkpoint_every = 1_000      # orbax checkpoint every N steps (and always at the end)
     c.keep_checkpoints = 3          # how many recent checkpoints to keep
+    c.checkpoint_async = "auto"     # write checkpoints in the background while training goes on: "on", "off" or
+                                    # "auto" (on a GPU or TPU); never with several processes. The last step's and a
+                                    # stopped run's checkpoints are always complete before the run goes on
     c.warm_start = False            # motion-only (w = 1), then variance-only, then alternating
     c.warm_start_epochs = 10        # length of each warm-start phase, in epochs
     c.compute_dtype = "float32"     # network compute dtype: "float32" or "bfloat16" (params, warp, losses stay float32)

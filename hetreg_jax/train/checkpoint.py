@@ -9,6 +9,14 @@ folder named like a step as finished; here a step counts only if its folder and 
 hold ``commit_success.txt`` (`is_complete`), so a half-written, half-deleted or hand-made step
 folder is never picked by `Checkpointer.latest_step` or restored. `remove_incomplete`
 deletes such folders and orbax's temporary ones (call it only while holding the workdir lock).
+
+Background writes (``asynchronous=True``; ``config.checkpoint_async``): ``save(..., wait=False)``
+copies the state to host memory, starts orbax's write in a background thread and returns, so the
+next training steps run while the files are written. The write is confirmed by the next call of
+`Checkpointer.finish` (the training loop calls it at its next log, validation or checkpoint step),
+by any later ``save``, by reading the steps on disk and by ``close``; a full disk found then raises
+`NoSpace` naming that step, after removing its half-written folder, exactly as a synchronous save
+would. A step counts as saved (``confirmed``) only once it is confirmed.
 """
 
 from __future__ import annotations
@@ -51,11 +59,14 @@ class Checkpointer:
     ``create=False`` (evaluation) does not create ``directory``; nothing is written before a save.
     """
 
-    def __init__(self, directory: str, keep: int = 3, create: bool = True):
+    def __init__(self, directory: str, keep: int = 3, create: bool = True, asynchronous: bool = False):
         self.directory = os.path.abspath(directory)
+        self.asynchronous = asynchronous
+        self.pending: int | None = None     # a step being written in the background
+        self.confirmed: int | None = None   # the last step this checkpointer saved and saw committed
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
-            enable_async_checkpointing=False,
+            enable_async_checkpointing=asynchronous,
             create=create,
         )
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
@@ -65,7 +76,8 @@ class Checkpointer:
         return os.path.join(self.directory, str(int(step)))
 
     def all_steps(self) -> list[int]:
-        """The complete checkpoints' steps, ascending."""
+        """The complete checkpoints' steps, ascending (after a background write has finished)."""
+        self.finish()
         return complete_steps(self.directory)
 
     def latest_step(self) -> int | None:
@@ -95,14 +107,39 @@ class Checkpointer:
             self._manager.reload()
         return removed
 
-    def save(self, step: int, state: Any, meta: dict) -> None:
+    def save(self, step: int, state: Any, meta: dict, wait: bool = True) -> None:
         """Write a checkpoint of ``step``. On a full disk the half-written folder is removed (the
-        older checkpoints stay as they were) and `NoSpace` is raised, in one line."""
+        older checkpoints stay as they were) and `NoSpace` is raised, in one line. ``wait=False``
+        on a background checkpointer returns once the state is in host memory (see the module
+        docstring); the previous background write is confirmed first."""
+        self.finish()
+        background = self.asynchronous and not wait
+        if background:  # a host copy: the device buffers are donated to the next training step
+            state = jax.device_get(state)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        with self._no_space(step):
+            self._manager.save(int(step), args=args, force=True)
+            if background:
+                self.pending = int(step)
+                return
+            self._manager.wait_until_finished()
+        self.confirmed = int(step)
+
+    def finish(self) -> None:
+        """Wait for a background write (nothing to do without one); `NoSpace` if the disk filled."""
+        if self.pending is None or self._manager is None:
+            return
+        step, self.pending = self.pending, None
+        with self._no_space(step):
+            self._manager.wait_until_finished()
+        self.confirmed = step
+
+    @contextlib.contextmanager
+    def _no_space(self, step: int):
+        """Turn a full disk while writing ``step`` into `NoSpace`, its half-written folder removed."""
         with _stderr_held() as held:
             try:
-                self._manager.save(int(step), args=args, force=True)
-                self._manager.wait_until_finished()
+                yield
             except Exception as exc:  # orbax and tensorstore wrap the OSError in their own types
                 if not _is_no_space(exc):
                     raise
@@ -155,10 +192,14 @@ class Checkpointer:
         return out["state"], dict(out["meta"])
 
     def close(self) -> None:
-        """Wait for pending saves and release the manager (a second call does nothing)."""
+        """Wait for pending saves and release the manager (a second call does nothing); `NoSpace`
+        if a background write found the disk full (the manager is released all the same)."""
         if self._manager is not None:
-            self._manager.close()
-            self._manager = None
+            try:
+                self.finish()
+            finally:
+                self._manager.close()
+                self._manager = None
 
 
 class NoSpace(OSError):

@@ -210,7 +210,8 @@ def train_and_evaluate_together(configs, workdirs, mesh: jax.sharding.Mesh | Non
         for config, workdir, (splits, trainer, abstract) in zip(configs, workdirs, prepared):
             lock = stack.enter_context(workdir_lib.WorkdirLock(workdir, enabled=lead))
             changes = workdir_lib.config_changes(config, workdir, allow_config_change)
-            ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+            ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+                                asynchronous=background_checkpoints(config, trainer.mesh))
             stack.callback(ckpt.close)
             state = restore_or_init(trainer, ckpt, config, abstract)
             start = int(jax.device_get(state.step))
@@ -318,7 +319,8 @@ def _train_loop(members: list, state, start: int, feed):
                 if not (log or save or validate):
                     continue
                 for i, m in enumerate(members):
-                    _check_log_save(m, feed.member_state(state, i), done, phase, log, save, validate)
+                    _check_log_save(m, feed.member_state(state, i), done, phase, log, save, validate,
+                                    wait=last or stopping)
                 if stopping and not last:
                     raise Interrupted(done, members[0].saved, members[0].ckpt.directory)
     finally:
@@ -328,12 +330,32 @@ def _train_loop(members: list, state, start: int, feed):
     return state
 
 
-def _check_log_save(m: _Member, state, done: int, phase: str, log: bool, save: bool, validate: bool) -> None:
-    """One run's share of a check point of the loop: check, record, log, validate, checkpoint."""
+def background_checkpoints(config, mesh) -> bool:
+    """Whether checkpoints are written in the background (``config.checkpoint_async``): ``auto``
+    means on a GPU or TPU; never with several processes, where every process takes part in a save."""
+    mode = config.get("checkpoint_async", "auto")
+    if jax.process_count() > 1 or mode == "off":
+        return False
+    return mode == "on" or mesh.devices.flat[0].platform != "cpu"
+
+
+def _kept(m: _Member) -> str:
     kept = (f"the last good checkpoint (step {m.saved}) is kept in {m.ckpt.directory}" if m.saved
             else "no checkpoint was written")
-    if m.label:
-        kept = f"{kept} ({m.label})"
+    return f"{kept} ({m.label})" if m.label else kept
+
+
+def _check_log_save(m: _Member, state, done: int, phase: str, log: bool, save: bool, validate: bool,
+                    wait: bool = True) -> None:
+    """One run's share of a check point of the loop: check, record, log, validate, checkpoint. A
+    checkpoint written in the background at the previous check point is confirmed first; with
+    ``wait`` (the last step, a stop) this one is confirmed before returning."""
+    try:
+        m.ckpt.finish()
+    except NoSpace as exc:
+        raise NoSpace(f"{exc}; {_kept(m)}; free some space and rerun the same command to resume") from None
+    m.saved = m.ckpt.confirmed or m.saved
+    kept = _kept(m)
     measures, m.pending = check_pending(m.pending, kept), []
     m.writer.write(done, measures)
     if log:
@@ -349,10 +371,10 @@ def _check_log_save(m: _Member, state, done: int, phase: str, log: bool, save: b
         if not bool(params_finite(state)):
             raise FloatingPointError(f"non-finite parameters after step {done} (phase {phase}); {kept}")
         try:
-            m.ckpt.save(done, state, _checkpoint_meta(m.config, done))
+            m.ckpt.save(done, state, _checkpoint_meta(m.config, done), wait=wait)
         except NoSpace as exc:
             raise NoSpace(f"{exc}; {kept}; free some space and rerun the same command to resume") from None
-        m.saved = done
+        m.saved = m.ckpt.confirmed or m.saved
 
 
 def evaluate_checkpoint(config, workdir: str, mesh: jax.sharding.Mesh | None = None,
