@@ -7,6 +7,7 @@ import os
 
 from hetreg_jax import configs
 from hetreg_jax.base import workdir as workdir_lib
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.config import json_config
 from hetreg_jax.config.check import validate_config
 
@@ -18,28 +19,28 @@ def check_inputs(config, mode: str, workdir: str, out: str | None = None, moving
     if config is None:
         hint = (f" (or a workdir with a recorded config.json: none in {os.path.abspath(workdir)})"
                 if mode in RECORDED_CONFIG_MODES else "")
-        raise ValueError(f"--mode={mode} needs --config=configs/<name>.py{hint}")
+        raise InputError(f"--mode={mode} needs --config=configs/<name>.py{hint}")
     validate_config(config)
     if mode == "register" and config.method == "elastix":
-        raise ValueError("--mode=register registers with a trained network; method='elastix' has none "
+        raise InputError("--mode=register registers with a trained network; method='elastix' has none "
                          "(in Python: hetreg_jax.baselines.elastix.register_pair(moving, fixed, config))")
     if mode in ("train", "inspect"):
         workdir_lib.check_writable(workdir)
     elif os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ValueError(f"--workdir {os.path.abspath(workdir)} is not a folder")
+        raise InputError(f"--workdir {os.path.abspath(workdir)} is not a folder")
     if mode == "register":
         if not (moving and fixed and out):
-            raise ValueError("--mode=register needs --moving, --fixed and --out")
+            raise InputError("--mode=register needs --moving, --fixed and --out")
         if fixed_label and not moving_label:
-            raise ValueError("--fixed_label needs --moving_label (the label that is warped and scored)")
+            raise InputError("--fixed_label needs --moving_label (the label that is warped and scored)")
         workdir_lib.check_writable(out, "--out")
     if mode == "eval" and out:
         workdir_lib.check_writable(out, "--out")
     elif mode == "eval" and os.path.isdir(os.path.join(workdir, "checkpoints")):
         try:
             workdir_lib.check_writable(os.path.join(workdir, "eval"))
-        except ValueError as exc:
-            raise ValueError(f"{exc}; write the report elsewhere with --out=DIR") from None
+        except InputError as exc:
+            raise InputError(f"{exc}; write the report elsewhere with --out=DIR") from None
 
 
 def one_line(exc: BaseException) -> str:
