@@ -4,6 +4,7 @@ error becomes the one line it prints."""
 from __future__ import annotations
 
 import os
+import re
 
 from hetreg_jax import configs
 from hetreg_jax.base import workdir as workdir_lib
@@ -56,6 +57,23 @@ def one_line(exc: BaseException) -> str:
     if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
         text = text[1:-1]
     return text.replace("\\'", "'").replace('\\"', '"')
+
+
+def unknown_override(argv, exc: BaseException) -> str | None:
+    """The one-line message for a ``--config.KEY=VALUE`` whose KEY names no config field, which
+    ml_collections reports as a ``KeyError`` or ``AttributeError`` with the quoted field first;
+    None if ``exc`` is not about a field of an override on the command line."""
+    if not isinstance(exc, (KeyError, AttributeError)):
+        return None
+    match = re.match(r"'?([^'\s]+)'?\s*(.*)", one_line(exc))
+    if not match:
+        return None
+    field, hint = match.groups()
+    for arg in argv:
+        key = arg.split("=", 1)[0].removeprefix("--config.")
+        if arg.startswith("--config.") and field in key.split("."):
+            return f"--config.{key}: no config key {field!r}" + (f"; {hint}" if hint else "")
+    return None
 
 
 JSON_LOADER = os.path.abspath(json_config.__file__)

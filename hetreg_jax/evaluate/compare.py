@@ -34,7 +34,7 @@ import numpy as np
 from absl import app, flags
 
 from hetreg_jax.base import workdir
-from hetreg_jax.base.errors import InputError, MissingFileError
+from hetreg_jax.base.errors import ONE_LINE_ERRORS, InputError, MissingFileError
 from hetreg_jax.core import metrics
 from hetreg_jax.evaluate import evaluation
 
@@ -134,7 +134,7 @@ def main(argv):
         sys.exit(2)
     try:
         result = compare(argv[1], argv[2], FLAGS.metrics)
-    except (FileNotFoundError, ValueError) as exc:
+    except ONE_LINE_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     print(f"A = {argv[1]}\nB = {argv[2]}\npaired pairs: {result['n_common']} of {result['n_patients']} patients "

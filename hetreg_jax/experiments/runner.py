@@ -52,7 +52,7 @@ from ml_collections import config_flags
 
 from hetreg_jax import configs
 from hetreg_jax.base import sharding
-from hetreg_jax.base.errors import InputError
+from hetreg_jax.base.errors import ONE_LINE_ERRORS, InputError
 from hetreg_jax.base.workdir import ConfigMismatch, WorkdirLocked, atomic_write_text
 from hetreg_jax.experiments import report as experiment_report
 from hetreg_jax.experiments.runs import (FAILED_NAME, NO_TRAINING, PROFILES, QUICK, Profile, Run, add_wall_time,
@@ -307,7 +307,7 @@ def main(argv):
                   FLAGS.methods, FLAGS.datasets, FLAGS.gammas, FLAGS.noise_scales,
                   report_only=FLAGS.report_only, retry_failed=FLAGS.retry_failed, figures=FLAGS.figures,
                   folds=FLAGS.folds, vmap_seeds=FLAGS.vmap_seeds)
-    except ValueError as exc:
+    except ONE_LINE_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
 
