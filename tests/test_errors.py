@@ -64,9 +64,10 @@ def check_inputs(*args, **kwargs):
 command.cli.check_inputs = check_inputs
 command.entry()
 """
-# what check_inputs raises -> the one line main.py prints (None: a programming error, with its traceback)
+# what check_inputs raises -> the one line main.py prints (None: a programming error, with its traceback).
+# The project's own errors through main.py: tests/test_reliability.py (bad config values, a mistyped
+# key, no checkpoint, ...), tests/test_datasets.py (a missing data file), tests/test_failures.py.
 RAISED = {
-    "InputError": ('errors.InputError("config.seed=-1 is not allowed")', "error: config.seed=-1 is not allowed"),
     "PermissionError": ('PermissionError(13, "Permission denied", "/w/.lock")', "error: /w/.lock: Permission denied"),
     "TypeError": ('TypeError("unsupported operand type(s)")', None),
     "ValueError": ('ValueError("operands could not be broadcast together")', None),
@@ -87,17 +88,6 @@ def test_main_prints_user_errors_in_one_line_and_programming_errors_with_their_t
         assert "Traceback (most recent call last)" in proc.stderr
         assert proc.stderr.strip().splitlines()[-1].startswith(f"{case}: ")
         assert "error: " not in proc.stderr
-    assert not os.path.exists(tmp_path / "w")
-
-
-def test_missing_data_file_is_one_line(cli, tmp_path):
-    root = tmp_path / "acdc" / "training"
-    for n in (1, 2, 3):
-        (root / f"patient00{n}").mkdir(parents=True)
-        (root / f"patient00{n}" / "Info.cfg").write_text("ED: 1\nES: 2\n")
-    proc = cli.run(str(tmp_path / "w"), f"--config.data.root={tmp_path / 'acdc'}", "--config.data.dataset=acdc")
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert error_line(proc).endswith("_frame01.nii.gz: file not found")
     assert not os.path.exists(tmp_path / "w")
 
 
