@@ -27,6 +27,7 @@ import numpy as np
 
 from hetreg_jax import register as register_lib
 from hetreg_jax.base import sharding
+from hetreg_jax.base.errors import InputError, MissingFileError
 from hetreg_jax.config.check import validate_config
 from hetreg_jax.config.json_config import config_from_json
 
@@ -41,7 +42,7 @@ class Model:
         if config is None:
             recorded = os.path.join(self.workdir, "config.json")
             if not os.path.isfile(recorded):
-                raise FileNotFoundError(f"{recorded}: no recorded config (is {self.workdir} a workdir?)")
+                raise MissingFileError(f"{recorded}: no recorded config (is {self.workdir} a workdir?)")
             config = config_from_json(recorded)
         validate_config(config)
         self.config = config
@@ -62,7 +63,7 @@ class Model:
             return array[None, ..., None], False
         if array.ndim == ndim + 1 and array.shape[1:] == size:
             return array[..., None], True
-        raise ValueError(f"{name} has shape {np.shape(image)}; this model takes {size} images (one pair) or "
+        raise InputError(f"{name} has shape {np.shape(image)}; this model takes {size} images (one pair) or "
                          f"[B, {', '.join(map(str, size))}] batches (an optional last axis of 1)")
 
     @staticmethod
@@ -70,10 +71,10 @@ class Model:
         """Refuse non-finite values and intensities outside [0, 1] (training's normalisation)."""
         finite = np.isfinite(array)
         if not finite.all():
-            raise ValueError(f"{name} has {int(array.size - finite.sum())} non-finite values (NaN or inf)")
+            raise InputError(f"{name} has {int(array.size - finite.sum())} non-finite values (NaN or inf)")
         lo, hi = float(array.min()), float(array.max())
         if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-            raise ValueError(f"{name} has intensities in [{lo:g}, {hi:g}]; this model takes images normalised as "
+            raise InputError(f"{name} has intensities in [{lo:g}, {hi:g}]; this model takes images normalised as "
                              "in training: each image min-max scaled to [0, 1] (hetreg_jax.data.preprocess.normalise)")
 
     def register(self, moving, fixed) -> dict[str, np.ndarray]:
@@ -83,7 +84,7 @@ class Model:
         for name, array in (("moving", moving), ("fixed", fixed)):
             self._check_range(name, array)
         if moving.shape != fixed.shape or batched != fixed_batched:
-            raise ValueError(f"moving {moving.shape[:-1]} and fixed {fixed.shape[:-1]} differ")
+            raise InputError(f"moving {moving.shape[:-1]} and fixed {fixed.shape[:-1]} differ")
         n, n_dev = len(moving), self.trainer.mesh.devices.size
         size = max(n_dev, math.ceil(self.config.eval.batch_size / n_dev) * n_dev)
         outputs: dict[str, list] = {}

@@ -59,6 +59,7 @@ import numpy as np
 
 from hetreg_jax.base import plotting as plt
 from hetreg_jax.base import workdir as workdir_lib
+from hetreg_jax.base.errors import InputError, MissingFileError
 from hetreg_jax.base.workdir import atomic_write_text, json_safe
 from hetreg_jax.core import metrics, spatial
 from hetreg_jax.data import acdc, nifti, pipeline, preprocess
@@ -192,16 +193,16 @@ def warp_labels(label: np.ndarray, displacement: np.ndarray, slicewise: bool) ->
 
 
 def restore(config, workdir: str):
-    """``(trainer, state)`` from the latest checkpoint of ``workdir`` (FileNotFoundError if none)."""
+    """``(trainer, state)`` from the latest checkpoint of ``workdir`` (``MissingFileError`` if none)."""
     train.validate_config(config)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     message = f"no checkpoint in {ckpt_dir}: train first (--mode=train) or pass the workdir of a trained run"
     if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(message)
+        raise MissingFileError(message)
     ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints, create=False)
     try:
         if ckpt.latest_step() is None:
-            raise FileNotFoundError(message)
+            raise MissingFileError(message)
         trainer = steps.Trainer(config)
         return trainer, train.restore_or_init(trainer, ckpt, config)
     finally:
@@ -217,7 +218,7 @@ def register(config, workdir: str, moving: str, fixed: str, out: str, moving_lab
     a moving image on another grid is resampled onto the fixed one (else refused)."""
     workdir_lib.check_writable(out, "--out")  # before the work, not after it
     if fixed_label is not None and moving_label is None:
-        raise ValueError("--fixed_label needs --moving_label (the label that is warped)")
+        raise InputError("--fixed_label needs --moving_label (the label that is warped)")
     mode = preprocessing(config)
     inputs = prepare(mode, moving, fixed, moving_label, config.data.image_size, resample_moving)
     reference = None

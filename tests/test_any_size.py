@@ -164,10 +164,4 @@ def test_train_evaluate_register_and_api_at_an_odd_2d_size(tmp_path):
     assert np.isfinite(log_var).sum() == 36 * 30 * 2  # the 36 x 30 crop of each slice, NaN elsewhere
 
 
-def test_train_and_evaluate_at_an_odd_3d_size(tmp_path):
-    from hetreg_jax.train import loop as train
-
-    config = make_tiny_config(**{"data.dataset": "echo3d", "data.image_size": (17, 19, 18), "data.synthetic_subjects": 5,
-                                 "num_steps": 2, "checkpoint_every": 2, "log_every": 1, "batch_size": 4})
-    summary = train.train_and_evaluate(config, str(tmp_path / "work"))
-    assert np.isfinite(summary["dice"]["mean"]) and np.isfinite(summary["epe"]["mean"])
+# Training and evaluation at an odd 3D size: tests/test_train.py::test_train_and_evaluate_in_3d.

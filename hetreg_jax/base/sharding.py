@@ -15,6 +15,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hetreg_jax.base import runtime
+from hetreg_jax.base.errors import InputError
 
 DATA_AXIS = "data"
 
@@ -53,7 +54,7 @@ def check_batch_size(global_batch: int, mesh: jax.sharding.Mesh) -> int:
     """Return the per-process batch size; the global batch must split evenly over devices."""
     n_dev = mesh.devices.size
     if global_batch <= 0 or global_batch % n_dev:
-        raise ValueError(
+        raise InputError(
             f"batch_size={global_batch} must be a positive multiple of the number of devices ({n_dev})")
     return global_batch // jax.process_count()
 

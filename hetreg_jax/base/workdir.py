@@ -35,6 +35,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from hetreg_jax.base.errors import HetregError, InputError, MissingFileError
+
 LOCK_NAME = ".lock"
 CONFIG_NAME = "config.json"
 HISTORY_NAME = "config_history.jsonl"
@@ -52,11 +54,12 @@ FREE_PREFIXES = ("eval.",)
 _ABSENT = "<absent>"
 
 
-class WorkdirLocked(RuntimeError, ValueError):
-    """Another live process holds the workdir. Also a ``ValueError``, so the CLI reports it in one line."""
+class WorkdirLocked(HetregError, RuntimeError, ValueError):
+    """Another live process holds the workdir (the CLI reports it in one line); also a ``RuntimeError``
+    and a ``ValueError``, as it was before the project's error types."""
 
 
-class ConfigMismatch(ValueError):
+class ConfigMismatch(InputError):
     """The config differs from the one the workdir was started with (see ``differences``)."""
 
     def __init__(self, message: str, differences: dict[str, tuple[Any, Any]]):
@@ -92,7 +95,7 @@ class WorkdirLock:
             return self
         if self.read_only:
             if not os.path.isdir(self.workdir):
-                raise FileNotFoundError(f"--workdir {self.workdir} does not exist")
+                raise MissingFileError(f"--workdir {self.workdir} does not exist")
         else:
             ensure_directory(self.workdir)
         opened = self._open()
@@ -106,7 +109,7 @@ class WorkdirLock:
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise WorkdirLocked(f"workdir {self.workdir} is in use by another process ({self.holder()}); "
                                     "wait for it to finish or choose another --workdir") from None
-            raise ValueError(f"cannot lock {self.path} ({exc.strerror}); the file system may not support "
+            raise InputError(f"cannot lock {self.path} ({exc.strerror}); the file system may not support "
                              "file locks: choose a --workdir on a local disk") from None
         self._fd = fd
         if self._writable:
@@ -126,9 +129,9 @@ class WorkdirLock:
         except FileNotFoundError:
             if self.read_only:
                 return None
-            raise ValueError(f"cannot write to --workdir {self.workdir} (cannot create {LOCK_NAME})") from None
+            raise InputError(f"cannot write to --workdir {self.workdir} (cannot create {LOCK_NAME})") from None
         except OSError as exc:
-            raise ValueError(f"cannot open the lock file {self.path} ({exc.strerror})") from None
+            raise InputError(f"cannot open the lock file {self.path} ({exc.strerror})") from None
 
     def _write(self, data: bytes) -> None:
         os.ftruncate(self._fd, 0)
@@ -198,13 +201,13 @@ def _names_live_process(text: str) -> bool:
 
 
 def ensure_directory(path: str, flag: str = "--workdir") -> None:
-    """``os.makedirs(path, exist_ok=True)``, with a one-line ``ValueError`` if it cannot be made."""
+    """``os.makedirs(path, exist_ok=True)``, with a one-line ``InputError`` if it cannot be made."""
     try:
         os.makedirs(path, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"{flag} {path} is not a folder") from None
+        raise InputError(f"{flag} {path} is not a folder") from None
     except OSError as exc:
-        raise ValueError(f"cannot write to {flag} {path} ({exc.strerror})") from None
+        raise InputError(f"cannot write to {flag} {path} ({exc.strerror})") from None
 
 
 def check_writable(path: str, flag: str = "--workdir") -> None:
@@ -222,12 +225,12 @@ def check_writable(path: str, flag: str = "--workdir") -> None:
         probe = parent
     if not os.path.isdir(probe):
         where = path if probe == path else f"{path} (its parent {probe} is a file)"
-        raise ValueError(f"{flag} {where} is not a folder")
+        raise InputError(f"{flag} {where} is not a folder")
     try:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as exc:
-        raise ValueError(f"cannot write to {flag} {path} ({exc.strerror or exc})") from None
+        raise InputError(f"cannot write to {flag} {path} ({exc.strerror or exc})") from None
 
 
 # --------------------------------------------------------------------------------------- files
@@ -301,7 +304,7 @@ def recorded_config(workdir: str) -> dict | None:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read {path} ({exc}); restore it or choose another --workdir") from None
+        raise InputError(f"cannot read {path} ({exc}); restore it or choose another --workdir") from None
 
 
 def config_changes(config, workdir: str, allow_change: bool = False) -> dict[str, tuple[Any, Any]]:

@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 from hetreg_jax.base import workdir as workdir_lib
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.base.progress import print_summary, say
 from hetreg_jax.config.check import ELASTIX_METRICS, validate_config
 from hetreg_jax.core import metrics, spatial
@@ -95,11 +96,11 @@ def register_pair(moving: np.ndarray, fixed: np.ndarray, config) -> np.ndarray:
     """
     moving, fixed = np.asarray(moving, np.float32), np.asarray(fixed, np.float32)
     if moving.shape != fixed.shape or moving.ndim not in (2, 3):
-        raise ValueError(f"elastix.register_pair needs two images of one 2D or 3D shape [*S]; got moving "
+        raise InputError(f"elastix.register_pair needs two images of one 2D or 3D shape [*S]; got moving "
                          f"{moving.shape} and fixed {fixed.shape}")
     for name, image in (("moving", moving), ("fixed", fixed)):
         if not np.isfinite(image).all() or np.ptp(image) == 0:  # elastix's MI crashes on a constant image
-            raise ValueError(f"elastix.register_pair: the {name} image is "
+            raise InputError(f"elastix.register_pair: the {name} image is "
                              f"{'not finite' if not np.isfinite(image).all() else 'constant'}; nothing to register")
     itk = _itk()
     ndim = moving.ndim
@@ -111,7 +112,7 @@ def register_pair(moving: np.ndarray, fixed: np.ndarray, config) -> np.ndarray:
     try:
         _, transform = itk.elastix_registration_method(fixed_image, moving_image, log_to_console=False, **run)
     except RuntimeError:
-        raise ValueError(f"elastix failed on images of shape {fixed.shape}: "
+        raise InputError(f"elastix failed on images of shape {fixed.shape}: "
                          f"{_failure_reason(itk, fixed_image, moving_image, run)}") from None
     with tempfile.TemporaryDirectory(prefix="hetreg_transformix_") as scratch:  # transformix writes the field
         transformix = itk.TransformixFilter.New(moving_image, transform_parameter_object=transform)
@@ -183,8 +184,8 @@ def register_split(pairs, config, say=print) -> tuple[dict[str, np.ndarray], dic
         start, start_cpu = time.perf_counter(), time.process_time()
         try:
             fields.append(register_pair(pairs["moving"][i, ..., 0], pairs["fixed"][i, ..., 0], config))
-        except ValueError as exc:
-            raise ValueError(f"test pair {pairs['pair_id'][i]}: {exc}") from None
+        except InputError as exc:
+            raise InputError(f"test pair {pairs['pair_id'][i]}: {exc}") from None
         seconds.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
         if time.perf_counter() - last_report >= 5.0 or i + 1 == n:

@@ -28,6 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from hetreg_jax.base import sharding
+from hetreg_jax.base.errors import ONE_LINE_ERRORS
 from hetreg_jax.cli import bench_sweep
 from hetreg_jax.cli.bench_sweep import define_flags as _define_sweep_flags
 from hetreg_jax.core import spatial
@@ -209,7 +210,16 @@ def seeds_together(config, counts, steps: int) -> list[dict]:
 
 
 def main(argv):
+    """``python -m hetreg_jax.bench``; a bad input or an OS error in one line (exit status 1)."""
     del argv
+    try:
+        run()
+    except ONE_LINE_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def run() -> None:
     if FLAGS.seeds_together:
         sharding.configure_cpu_devices([FLAGS.config.batch_size], FLAGS.cpu_devices)
         config = FLAGS.config

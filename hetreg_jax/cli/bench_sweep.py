@@ -30,6 +30,8 @@ import time
 
 from absl import flags
 
+from hetreg_jax.base.errors import InputError
+
 DEFAULT_SIZES = ["64x64", "128x128", "256x256", "32x32x32", "64x64x64", "96x96x96"]
 PROBE_SIZES = (128, 160, 192, 224, 256, 320)
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "MemoryError", "std::bad_alloc", "Out of memory", "out of memory",
@@ -58,7 +60,7 @@ def parse_size(text: str) -> tuple[int, ...]:
     except ValueError:
         size = ()
     if len(size) not in (2, 3) or min(size) < 1:
-        raise ValueError(f"--sweep_sizes entry {text!r} is not a 2D or 3D size such as 64x64 or 32x32x32")
+        raise InputError(f"--sweep_sizes entry {text!r} is not a 2D or 3D size such as 64x64 or 32x32x32")
     return size
 
 

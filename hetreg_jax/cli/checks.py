@@ -4,9 +4,11 @@ error becomes the one line it prints."""
 from __future__ import annotations
 
 import os
+import re
 
 from hetreg_jax import configs
 from hetreg_jax.base import workdir as workdir_lib
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.config import json_config
 from hetreg_jax.config.check import validate_config
 
@@ -18,28 +20,28 @@ def check_inputs(config, mode: str, workdir: str, out: str | None = None, moving
     if config is None:
         hint = (f" (or a workdir with a recorded config.json: none in {os.path.abspath(workdir)})"
                 if mode in RECORDED_CONFIG_MODES else "")
-        raise ValueError(f"--mode={mode} needs --config=configs/<name>.py{hint}")
+        raise InputError(f"--mode={mode} needs --config=configs/<name>.py{hint}")
     validate_config(config)
     if mode == "register" and config.method == "elastix":
-        raise ValueError("--mode=register registers with a trained network; method='elastix' has none "
+        raise InputError("--mode=register registers with a trained network; method='elastix' has none "
                          "(in Python: hetreg_jax.baselines.elastix.register_pair(moving, fixed, config))")
     if mode in ("train", "inspect"):
         workdir_lib.check_writable(workdir)
     elif os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ValueError(f"--workdir {os.path.abspath(workdir)} is not a folder")
+        raise InputError(f"--workdir {os.path.abspath(workdir)} is not a folder")
     if mode == "register":
         if not (moving and fixed and out):
-            raise ValueError("--mode=register needs --moving, --fixed and --out")
+            raise InputError("--mode=register needs --moving, --fixed and --out")
         if fixed_label and not moving_label:
-            raise ValueError("--fixed_label needs --moving_label (the label that is warped and scored)")
+            raise InputError("--fixed_label needs --moving_label (the label that is warped and scored)")
         workdir_lib.check_writable(out, "--out")
     if mode == "eval" and out:
         workdir_lib.check_writable(out, "--out")
     elif mode == "eval" and os.path.isdir(os.path.join(workdir, "checkpoints")):
         try:
             workdir_lib.check_writable(os.path.join(workdir, "eval"))
-        except ValueError as exc:
-            raise ValueError(f"{exc}; write the report elsewhere with --out=DIR") from None
+        except InputError as exc:
+            raise InputError(f"{exc}; write the report elsewhere with --out=DIR") from None
 
 
 def one_line(exc: BaseException) -> str:
@@ -55,6 +57,23 @@ def one_line(exc: BaseException) -> str:
     if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
         text = text[1:-1]
     return text.replace("\\'", "'").replace('\\"', '"')
+
+
+def unknown_override(argv, exc: BaseException) -> str | None:
+    """The one-line message for a ``--config.KEY=VALUE`` whose KEY names no config field, which
+    ml_collections reports as a ``KeyError`` or ``AttributeError`` with the quoted field first;
+    None if ``exc`` is not about a field of an override on the command line."""
+    if not isinstance(exc, (KeyError, AttributeError)):
+        return None
+    match = re.match(r"'?([^'\s]+)'?\s*(.*)", one_line(exc))
+    if not match:
+        return None
+    field, hint = match.groups()
+    for arg in argv:
+        key = arg.split("=", 1)[0].removeprefix("--config.")
+        if arg.startswith("--config.") and field in key.split("."):
+            return f"--config.{key}: no config key {field!r}" + (f"; {hint}" if hint else "")
+    return None
 
 
 JSON_LOADER = os.path.abspath(json_config.__file__)

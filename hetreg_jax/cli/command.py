@@ -19,6 +19,7 @@ from ml_collections import config_flags
 
 from hetreg_jax import register
 from hetreg_jax.base import sharding
+from hetreg_jax.base.errors import ONE_LINE_ERRORS
 from hetreg_jax.base.interrupt import EXIT_CODE, Interrupted
 from hetreg_jax.cli import checks as cli
 from hetreg_jax.data import inspect
@@ -52,8 +53,10 @@ flags.DEFINE_bool("allow_config_change", False,
                   "Resume a workdir whose recorded config differs (the change is logged in config_history.jsonl).")
 flags.mark_flags_as_required(["workdir"])  # --config: required for train and inspect (see cli.check_inputs)
 
-# Errors a user can cause and fix: reported in one line (the traceback only with --verbosity=1).
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, KeyError, TypeError, OSError)
+# Errors a user can cause and fix, reported in one line (the traceback only with --verbosity=1): the
+# project's own (hetreg_jax.base.errors) and the operating system's. Anything else is a bug and keeps
+# its traceback.
+USER_ERRORS = ONE_LINE_ERRORS
 
 
 def run(argv):
@@ -80,7 +83,8 @@ def run(argv):
 
 
 def parse_flags(argv):
-    """absl flag parsing, with config errors (a missing file, a mistyped key, a bad value) in one line."""
+    """absl flag parsing, with config errors (a missing file, a mistyped key, a bad value) in one line;
+    an error in a config file's own code keeps its traceback."""
     argv = cli.config_argv(argv)
     missing = cli.config_file_error(argv[1:])
     if missing:
@@ -88,8 +92,14 @@ def parse_flags(argv):
         sys.exit(2)
     try:
         return FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as exc:
+    except (flags.Error, *USER_ERRORS) as exc:
         print(f"error: {cli.one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except (KeyError, AttributeError) as exc:
+        unknown = cli.unknown_override(argv[1:], exc)
+        if unknown is None:
+            raise
+        print(f"error: {unknown}", file=sys.stderr)
         sys.exit(2)
 
 

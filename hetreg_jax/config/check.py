@@ -1,7 +1,7 @@
 """Every config value checked in one place, before anything is computed or written.
 
 `validate_config` refuses a setting that cannot run or has no meaning with a one-line
-``ValueError`` naming the key, the value and what is allowed, e.g.
+``InputError`` (a ``ValueError``) naming the key, the value and what is allowed, e.g.
 ``config.loss.beta=2.0 is not allowed: a number in [0, 1] (0 = plain NLL, 1 = MSE-like gradients)``.
 ``main.py`` calls it before the devices are set up or the workdir is touched; the library entry
 points (training, evaluation, register) call it again, so a config built in Python is held to the
@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.config.defaults import get_config
 from hetreg_jax.core import losses, methods
 from hetreg_jax.data import structures, synthetic
@@ -57,8 +58,8 @@ def _get(config, key: str) -> Any:
     return value
 
 
-def _refuse(key: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"config.{key}={value!r} is not allowed: {allowed}")
+def _refuse(key: str, value: Any, allowed: str) -> InputError:
+    return InputError(f"config.{key}={value!r} is not allowed: {allowed}")
 
 
 def _is_int(value: Any) -> bool:
@@ -126,7 +127,7 @@ def _check_model_scope(config) -> None:
 
 
 def validate_config(config) -> None:
-    """Raise a one-line ``ValueError`` for the first key whose value cannot run (see the module doc)."""
+    """Raise a one-line ``InputError`` for the first key whose value cannot run (see the module doc)."""
     for key in POSITIVE_INTS:
         _check_int(config, key, 1)
     for key in NON_NEGATIVE_INTS:

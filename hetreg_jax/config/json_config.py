@@ -13,6 +13,7 @@ import json
 import os
 
 import ml_collections
+from hetreg_jax.base.errors import InputError, MissingFileError
 from hetreg_jax.base.workdir import flatten
 from hetreg_jax.config import defaults as default_config
 
@@ -33,21 +34,21 @@ def config_from_json(path: str) -> ml_collections.ConfigDict:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such config file (a run's config.json, or configs/*.py)") from None
+        raise MissingFileError(f"{path}: no such config file (a run's config.json, or configs/*.py)") from None
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable JSON config ({exc})") from None
+        raise InputError(f"{path}: not a readable JSON config ({exc})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: not a config (a JSON object is expected)")
+        raise InputError(f"{path}: not a config (a JSON object is expected)")
     config = default_config.get_config()  # keys added since the run was recorded keep their defaults
     for key, value in flatten(data).items():
         *parents, leaf = key.split(".")
         target = config
         for part in parents:
             if part not in target:
-                raise ValueError(f"{path}: unknown config key {key!r}")
+                raise InputError(f"{path}: unknown config key {key!r}")
             target = target[part]
         if leaf not in target:
-            raise ValueError(f"{path}: unknown config key {key!r}")
+            raise InputError(f"{path}: unknown config key {key!r}")
         target[leaf] = _tuples(value)
     return config
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import jax
 import jax.numpy as jnp
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.core import spatial
 
 SNR_FORMS = ("paper", "reference")
@@ -118,7 +119,7 @@ def minmax(x: jax.Array, mask: jax.Array | None = None, eps: float = 1e-8,
     A constant tensor gives all zeros.
     """
     if scope not in MINMAX_SCOPES:
-        raise ValueError(f"unknown minmax scope {scope!r}; allowed values: {MINMAX_SCOPES}")
+        raise InputError(f"unknown minmax scope {scope!r}; allowed values: {MINMAX_SCOPES}")
     if mask is None or scope == "tensor":
         if mask is not None:
             x = jnp.broadcast_to(mask, x.shape) * x
@@ -144,7 +145,7 @@ def snr(fixed: jax.Array, log_var: jax.Array, gamma: float | jax.Array,
     result is clipped to float32's largest finite value.
     """
     if form not in SNR_FORMS:
-        raise ValueError(f"unknown snr form {form!r}; allowed values: {SNR_FORMS}")
+        raise InputError(f"unknown snr form {form!r}; allowed values: {SNR_FORMS}")
     signal = jnp.square(fixed) if form == "paper" else jnp.abs(fixed)
     inv_var = jnp.exp(jnp.minimum(-log_var, _LOG_VAR_FLOOR))
     base = jnp.minimum(signal * inv_var, _F32_MAX)

@@ -13,6 +13,7 @@ from typing import Callable
 
 import jax
 
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.core import losses
 
 
@@ -131,7 +132,7 @@ METHODS = {
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+        raise InputError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
     return METHODS[name]
 
 

@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage, stats
 
+from hetreg_jax.base.errors import InputError
+
 Spacing = float | Sequence[float] | None
 
 
@@ -35,14 +37,14 @@ Spacing = float | Sequence[float] | None
 def _as_mask(mask) -> np.ndarray:
     mask = np.asarray(mask).astype(bool)
     if mask.ndim < 1:
-        raise ValueError("a mask needs at least one spatial axis")
+        raise InputError("a mask needs at least one spatial axis")
     return mask
 
 
 def _mask_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
     a, b = _as_mask(a), _as_mask(b)
     if a.shape != b.shape:
-        raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
+        raise InputError(f"mask shapes differ: {a.shape} vs {b.shape}")
     return a, b
 
 
@@ -52,7 +54,7 @@ def _spacing(spacing: Spacing, ndim: int) -> tuple[float, ...]:
         return (1.0,) * ndim
     values = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (ndim,))
     if np.any(values <= 0):
-        raise ValueError(f"spacing must be positive, got {spacing}")
+        raise InputError(f"spacing must be positive, got {spacing}")
     return tuple(float(v) for v in values)
 
 
@@ -143,7 +145,7 @@ def _as_field(displacement) -> np.ndarray:
     field = np.asarray(displacement, dtype=np.float64)
     ndim = field.shape[-1] if field.ndim else 0
     if field.ndim != ndim + 1 or ndim < 1:
-        raise ValueError(f"displacement must be [*S, ndim] with ndim = len(S), got {field.shape}")
+        raise InputError(f"displacement must be [*S, ndim] with ndim = len(S), got {field.shape}")
     return field
 
 
@@ -184,10 +186,10 @@ def sd_log_jacobian(displacement, crop: int = 2, learn2reg: bool = False) -> flo
     """
     det = jacobian_determinant_np(displacement)
     if crop < 0:
-        raise ValueError(f"crop must be >= 0, got {crop}")
+        raise InputError(f"crop must be >= 0, got {crop}")
     if crop:
         if min(det.shape) <= 2 * crop:
-            raise ValueError(f"crop={crop} leaves nothing of a field shaped {det.shape}")
+            raise InputError(f"crop={crop} leaves nothing of a field shaped {det.shape}")
         det = det[tuple(slice(crop, -crop) for _ in range(det.ndim))]
     if learn2reg:
         det = det + 3.0
@@ -201,7 +203,7 @@ def endpoint_error(pred, true, mask=None) -> float:
     """
     pred, true = _as_field(pred), _as_field(true)
     if pred.shape != true.shape:
-        raise ValueError(f"field shapes differ: {pred.shape} vs {true.shape}")
+        raise InputError(f"field shapes differ: {pred.shape} vs {true.shape}")
     norm = _select(np.linalg.norm(pred - true, axis=-1), mask)
     if norm.size == 0:
         return float("nan")
@@ -219,7 +221,7 @@ def _select(values, mask) -> np.ndarray:
         return values.ravel()
     mask = _as_mask(mask)
     if mask.shape != values.shape:
-        raise ValueError(f"mask shape {mask.shape} != values shape {values.shape}")
+        raise InputError(f"mask shape {mask.shape} != values shape {values.shape}")
     return values[mask]
 
 
@@ -228,9 +230,9 @@ def _curve_from_ranking(sq_error: np.ndarray, ranking: np.ndarray,
     """Sparsification curve of ``sq_error`` removing pixels in descending order of ``ranking``."""
     n = sq_error.size
     if n == 0:
-        raise ValueError("sparsification needs at least one pixel")
+        raise InputError("sparsification needs at least one pixel")
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise InputError(f"steps must be >= 1, got {steps}")
     order = np.argsort(-ranking, kind="stable")  # most uncertain first; ties keep index order
     ordered = sq_error[order]
     # suffix[r] = sum of the errors left after removing the r most uncertain pixels.
@@ -256,7 +258,7 @@ def sparsification(sq_error, uncertainty, steps: int = 50,
     err = _select(sq_error, mask)
     unc = _select(uncertainty, mask)
     if err.shape != unc.shape:
-        raise ValueError(f"sq_error and uncertainty differ in shape: {err.shape} vs {unc.shape}")
+        raise InputError(f"sq_error and uncertainty differ in shape: {err.shape} vs {unc.shape}")
     return _curve_from_ranking(err, unc, steps)
 
 
@@ -299,7 +301,7 @@ def variance_calibration(pred_log_var, true_sigma, mask=None) -> dict:
     pred = np.asarray(pred_log_var, dtype=np.float64)
     true = np.asarray(true_sigma, dtype=np.float64)
     if pred.shape != true.shape:
-        raise ValueError(f"pred_log_var {pred.shape} and true_sigma {true.shape} differ in shape")
+        raise InputError(f"pred_log_var {pred.shape} and true_sigma {true.shape} differ in shape")
     keep = true > 0
     if mask is not None:
         keep &= _as_mask(mask)
@@ -329,9 +331,9 @@ def sigma_calibration(sq_error, sigma, ndim: int, bins: int = 10, mask=None) -> 
     err = _select(sq_error, mask)
     sig = _select(sigma, mask)
     if err.shape != sig.shape:
-        raise ValueError(f"sq_error and sigma differ in shape: {err.shape} vs {sig.shape}")
+        raise InputError(f"sq_error and sigma differ in shape: {err.shape} vs {sig.shape}")
     if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
+        raise InputError(f"bins must be >= 1, got {bins}")
     out = dict(sigma=[], predicted=[], observed=[], count=[], ece=float("nan"))
     if err.size == 0:
         return out
@@ -362,7 +364,7 @@ def paired_ttest(a, b) -> dict:
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
     if a.shape != b.shape:
-        raise ValueError(f"paired values differ in length: {a.size} vs {b.size}")
+        raise InputError(f"paired values differ in length: {a.size} vs {b.size}")
     keep = ~(np.isnan(a) | np.isnan(b))
     a, b = a[keep], b[keep]
     n = int(a.size)
@@ -403,7 +405,7 @@ def unit_ttest(units, a, b) -> dict:
     b = np.asarray(b, dtype=np.float64).ravel()
     units = list(units)
     if not (a.size == b.size == len(units)):
-        raise ValueError(f"units, a and b differ in length: {len(units)}, {a.size}, {b.size}")
+        raise InputError(f"units, a and b differ in length: {len(units)}, {a.size}, {b.size}")
     keep = ~(np.isnan(a) | np.isnan(b))
     kept_units = [u for u, k in zip(units, keep) if k]
     _, mean_a = unit_means(kept_units, a[keep])

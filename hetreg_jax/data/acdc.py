@@ -32,6 +32,7 @@ import re
 import numpy as np
 from scipy import ndimage
 
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.data import nifti, preprocess
 from hetreg_jax.data.nifti import DataError
 from hetreg_jax.data.pipeline import MYOCARDIUM, Subject, split_names
@@ -87,9 +88,9 @@ CENTRES = ("label", "images")
 def subjects(root: str, image_size, seed: int, centre: str = "label") -> list[Subject]:
     """The patients of ``root`` with their split (see the module docstring)."""
     if centre not in CENTRES:
-        raise ValueError(f"config.data.centre={centre!r}: one of {', '.join(CENTRES)}")
+        raise InputError(f"config.data.centre={centre!r}: one of {', '.join(CENTRES)}")
     if len(image_size) != 2:
-        raise ValueError(f"ACDC slices are 2D: config.data.image_size must have 2 entries, got {image_size}")
+        raise InputError(f"ACDC slices are 2D: config.data.image_size must have 2 entries, got {image_size}")
     training = patient_folders(os.path.join(root, "training"))
     if not training:
         raise DataError(os.path.join(root, "training"), "no patientNNN folders")

@@ -21,6 +21,7 @@ import functools
 import os
 import re
 
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.data import nifti, preprocess
 from hetreg_jax.data.nifti import DataError
 from hetreg_jax.data.pipeline import MYOCARDIUM, SPLITS, Subject, split_names
@@ -52,7 +53,7 @@ def read_split_files(split_dir: str) -> dict[str, list[str]]:
 def subjects(root: str, image_size, seed: int) -> list[Subject]:
     """The patients of ``root`` with their split (see the module docstring)."""
     if len(image_size) != 2:
-        raise ValueError(f"CAMUS views are 2D: config.data.image_size must have 2 entries, got {image_size}")
+        raise InputError(f"CAMUS views are 2D: config.data.image_size must have 2 entries, got {image_size}")
     base = os.path.join(root, "database_nifti")
     split_dir = os.path.join(root, "database_split")
     if os.path.isdir(split_dir):

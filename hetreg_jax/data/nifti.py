@@ -40,11 +40,13 @@ import zlib
 import nibabel as nib
 import numpy as np
 
+from hetreg_jax.base.errors import InputError
+
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, struct.error,
                 nib.filebasedimages.ImageFileError)
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A bad input file or folder; ``str(error)`` is ``"<path>: <cause>"`` on one line."""
 
     def __init__(self, path, cause: str):
@@ -81,9 +83,9 @@ class Volume:
         n = array.ndim - (1 if vector or channels else 0)
         axes, flips = self.axes[:n], self.flips[:n]
         if sorted(axes) != list(range(n)):
-            raise ValueError(f"an array of {n} spatial axes cannot take the voxel order {self.axes}")
+            raise InputError(f"an array of {n} spatial axes cannot take the voxel order {self.axes}")
         if vector and array.shape[-1] < n:
-            raise ValueError(f"a displacement with {n} components expected, got shape {array.shape}")
+            raise InputError(f"a displacement with {n} components expected, got shape {array.shape}")
         for k, flip in enumerate(flips):
             if flip:
                 array = np.flip(array, axis=k)
@@ -327,7 +329,7 @@ def write_vector(path, field: np.ndarray, affine: np.ndarray, header=None, name:
     field = np.asarray(field, np.float32)
     spatial = field.shape[:-1]
     if len(spatial) > 3:
-        raise ValueError(f"at most 3 spatial axes, got field shape {field.shape}")
+        raise InputError(f"at most 3 spatial axes, got field shape {field.shape}")
     padded = spatial + (1,) * (3 - len(spatial)) + (1, field.shape[-1])
     header = _header_for(header, np.float32)
     header.set_intent("vector", (), name=name[:15])
@@ -349,7 +351,7 @@ def itk_displacement(displacement: np.ndarray, fixed_affine: np.ndarray, moving_
     u = np.asarray(displacement, np.float64)
     spatial, dim = u.shape[:-1], u.shape[-1]
     if dim != len(spatial) or not 1 <= dim <= 3:
-        raise ValueError(f"a displacement field [*S, len(S)] with 1 to 3 spatial axes, got shape {u.shape}")
+        raise InputError(f"a displacement field [*S, len(S)] with 1 to 3 spatial axes, got shape {u.shape}")
     fixed_affine = np.asarray(fixed_affine, np.float64)
     moving_affine = fixed_affine if moving_affine is None else np.asarray(moving_affine, np.float64)
     index = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float64) for n in spatial), indexing="ij"), axis=-1)

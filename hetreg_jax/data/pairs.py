@@ -37,6 +37,7 @@ import re
 
 import numpy as np
 
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.data import acdc, nifti, preprocess
 from hetreg_jax.data.nifti import DataError
 from hetreg_jax.data.pipeline import SPLITS, Subject, split_names
@@ -118,10 +119,10 @@ def subjects(root: str, image_size, seed: int, structures=None, centre: str = "l
     (``[(name, label)]``): at least one must be labelled in each ED label map (None: no check);
     ``centre`` (``data.centre``, stacks only): ``"label"`` or ``"images"``, as for ACDC."""
     if centre not in acdc.CENTRES:
-        raise ValueError(f"config.data.centre={centre!r}: one of {', '.join(acdc.CENTRES)}")
+        raise InputError(f"config.data.centre={centre!r}: one of {', '.join(acdc.CENTRES)}")
     rows = read_rows(root)
     if rows[0][SLICES] and len(image_size) != 2:
-        raise ValueError(f"pairs.csv lists stacks registered slice by slice (slices=yes): config.data.image_size "
+        raise InputError(f"pairs.csv lists stacks registered slice by slice (slices=yes): config.data.image_size "
                          f"must have 2 entries, got {tuple(image_size)}")
     by_subject: dict[str, list[dict]] = {}
     for row in rows:

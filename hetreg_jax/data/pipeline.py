@@ -31,6 +31,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.data import structures, synthetic
 from hetreg_jax.data.nifti import DataError
 
@@ -66,7 +67,7 @@ def split_names(names: Sequence[str], seed: int, fractions: Sequence[float]) -> 
     names = sorted(names)
     k, n = len(fractions), len(names)
     if n < k:
-        raise ValueError(f"{n} subjects cannot be split {k} ways ({tuple(fractions)}); need at least {k}")
+        raise InputError(f"{n} subjects cannot be split {k} ways ({tuple(fractions)}); need at least {k}")
     counts = [max(1, int(round(n * f))) for f in fractions[1:]]
     while n - sum(counts) < 1:
         counts[int(np.argmax(counts))] -= 1
@@ -81,7 +82,7 @@ def fold_names(names: Sequence[str], seed: int, folds: int) -> list[list[str]]:
     first ``n % folds`` folds have one subject more). Depends only on the set of names and the seed."""
     names = sorted(names)
     if folds < 3 or len(names) < folds:
-        raise ValueError(f"config.data.folds={folds}: need 3 <= folds <= the number of subjects ({len(names)})")
+        raise InputError(f"config.data.folds={folds}: need 3 <= folds <= the number of subjects ({len(names)})")
     perm = np.random.default_rng([int(seed), 1002]).permutation(len(names))
     return [sorted(names[i] for i in part) for part in np.array_split(perm, folds)]
 
@@ -89,7 +90,7 @@ def fold_names(names: Sequence[str], seed: int, folds: int) -> list[list[str]]:
 def fold_splits(names: Sequence[str], seed: int, folds: int, fold: int) -> dict[str, list[str]]:
     """``{"train", "val", "test"} -> names`` of cross-validation fold ``fold`` (module docstring)."""
     if not 0 <= fold < folds:
-        raise ValueError(f"config.data.fold={fold}: must be in 0 .. config.data.folds - 1 = {folds - 1}")
+        raise InputError(f"config.data.fold={fold}: must be in 0 .. config.data.folds - 1 = {folds - 1}")
     parts = fold_names(names, seed, folds)
     val = (fold + 1) % folds
     return {"train": sorted(n for i, p in enumerate(parts) if i not in (fold, val) for n in p),
@@ -148,7 +149,7 @@ def load_dataset(config, strict: bool = True) -> tuple[dict[str, dict], dict]:
     data = config.data
     if data.root is None:
         if data.dataset not in synthetic.KINDS:
-            raise ValueError(f"config.data.dataset={data.dataset!r}; phantom kinds: {synthetic.KINDS}")
+            raise InputError(f"config.data.dataset={data.dataset!r}; phantom kinds: {synthetic.KINDS}")
         splits = synthetic.make_dataset(
             data.dataset, tuple(data.image_size), data.synthetic_subjects, config.seed,
             slices_per_subject=data.slices_per_subject, noise_scale=float(data.noise_scale))
@@ -184,7 +185,7 @@ def load_splits(config) -> dict[str, dict]:
         if len(splits[name]["moving"]) == 0:
             hint = ("use more subjects (config.data.synthetic_subjects)" if info["root"] is None
                     else f"check the dataset in {info['root']} (python main.py --mode=inspect)")
-            raise ValueError(f"the {name} split is empty; {hint}")
+            raise InputError(f"the {name} split is empty; {hint}")
     return splits
 
 

@@ -22,6 +22,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from hetreg_jax.base.errors import InputError
+
 
 def normalise(image: np.ndarray) -> np.ndarray:
     """Min-max normalise to [0, 1] (float32); a constant image gives zeros."""
@@ -48,7 +50,7 @@ def motion_centre(ed: np.ndarray, es: np.ndarray, spacing: Sequence[float] = (1.
     ed = normalise(np.asarray(ed, np.float32))
     es = normalise(np.asarray(es, np.float32))
     if ed.shape != es.shape:
-        raise ValueError(f"ED shape {ed.shape} differs from ES shape {es.shape}")
+        raise InputError(f"ED shape {ed.shape} differs from ES shape {es.shape}")
     diff = np.abs(ed - es)
     diff = diff.reshape(*diff.shape[:2], -1).mean(axis=-1)
     sigma = [sigma_mm / float(s) for s in tuple(spacing)[:2]]

@@ -50,6 +50,8 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage, optimize, special
 
+from hetreg_jax.base.errors import InputError
+
 KINDS = ("acdc", "camus", "echo3d")
 SPLITS = ("train", "val", "test")
 _NDIM = {"acdc": 2, "camus": 2, "echo3d": 3}
@@ -456,13 +458,13 @@ _BUILDERS = {"acdc": _acdc_pairs, "camus": _camus_pairs, "echo3d": _echo3d_pairs
 # ----------------------------------------------------------------------------------- public API
 def _check_args(kind, image_size, seed, index=0, slices_per_subject=1) -> tuple[int, ...]:
     if kind not in KINDS:
-        raise ValueError(f"kind={kind!r}; expected one of {KINDS}")
+        raise InputError(f"kind={kind!r}; expected one of {KINDS}")
     shape = tuple(int(n) for n in image_size)
     if len(shape) != _NDIM[kind] or min(shape) < _MIN_SIZE:
-        raise ValueError(f"{kind} needs a {_NDIM[kind]}D image_size with every side >= {_MIN_SIZE}; "
+        raise InputError(f"{kind} needs a {_NDIM[kind]}D image_size with every side >= {_MIN_SIZE}; "
                          f"got {tuple(image_size)}")
     if int(seed) < 0 or int(index) < 0 or int(slices_per_subject) < 1:
-        raise ValueError("seed and index must be >= 0 and slices_per_subject >= 1")
+        raise InputError("seed and index must be >= 0 and slices_per_subject >= 1")
     return shape
 
 
@@ -487,7 +489,7 @@ def make_subject(kind: str, index: int, image_size, seed: int, slices_per_subjec
     """
     shape = _check_args(kind, image_size, seed, index, slices_per_subject)
     if not (np.isfinite(noise_scale) and noise_scale >= 0):
-        raise ValueError(f"noise_scale={noise_scale!r}: a finite number >= 0")
+        raise InputError(f"noise_scale={noise_scale!r}: a finite number >= 0")
     code = KINDS.index(kind)
     subject = f"synth_{kind}_{int(index):03d}"
     grid = _grid(shape)
@@ -514,10 +516,10 @@ def split_subjects(n_subjects: int, seed: int, split=(0.6, 0.2, 0.2)) -> dict[st
     """Subject indices per split (sorted): a seeded permutation cut by the fractions ``split``
     (rounded; val and test get at least one subject each, train the rest, at least one)."""
     if n_subjects < 3:
-        raise ValueError(f"n_subjects={n_subjects}: need at least 3 subjects (one per split)")
+        raise InputError(f"n_subjects={n_subjects}: need at least 3 subjects (one per split)")
     split = np.asarray(split, dtype=np.float64)
     if split.shape != (3,) or np.any(split <= 0) or not np.isclose(split.sum(), 1.0):
-        raise ValueError(f"split={tuple(split)}: three positive fractions summing to 1")
+        raise InputError(f"split={tuple(split)}: three positive fractions summing to 1")
     n_val, n_test = (max(1, int(round(n_subjects * f))) for f in split[1:])
     while n_subjects - n_val - n_test < 1:
         if n_val >= n_test:

@@ -34,6 +34,7 @@ import numpy as np
 from absl import app, flags
 
 from hetreg_jax.base import workdir
+from hetreg_jax.base.errors import ONE_LINE_ERRORS, InputError, MissingFileError
 from hetreg_jax.core import metrics
 from hetreg_jax.evaluate import evaluation
 
@@ -46,7 +47,7 @@ flags.DEFINE_list("metrics", ["dice", "hd", "hd95", "asd", "assd", "hd_mm", "hd9
 def read_per_pair(run: str) -> dict[str, dict[str, str]]:
     path = os.path.join(run, "eval", "test_per_pair.csv")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no per-pair report (evaluate the run first)")
+        raise MissingFileError(f"{path}: no per-pair report (evaluate the run first)")
     with open(path, newline="", encoding="utf-8") as f:
         return {row["pair_id"]: row for row in csv.DictReader(f)}
 
@@ -93,18 +94,18 @@ def check_same_data(runs: list[str]) -> None:
         first, reference = known[0]
         for key in SAME_DATA_KEYS:
             if data[key] != reference[key]:
-                raise ValueError(f"{first} has {key}={reference[key]!r} but {run} has {key}={data[key]!r}: "
+                raise InputError(f"{first} has {key}={reference[key]!r} but {run} has {key}={data[key]!r}: "
                                  "per-pair metrics of different data or grids cannot be paired")
 
 
 def compare(run_a: str, run_b: str, names) -> dict:
     if len(run_a.split(",")) != len(run_b.split(",")):
-        raise ValueError(f"{run_a!r} and {run_b!r} list different numbers of runs")
+        raise InputError(f"{run_a!r} and {run_b!r} list different numbers of runs")
     a, b = read_runs(run_a), read_runs(run_b)
     check_same_data(run_a.split(",") + run_b.split(","))
     common = sorted(set(a) & set(b))
     if not common:
-        raise ValueError(f"no test pair is in both {run_a} ({len(a)} pairs) and {run_b} ({len(b)} pairs): "
+        raise InputError(f"no test pair is in both {run_a} ({len(a)} pairs) and {run_b} ({len(b)} pairs): "
                          "were they evaluated on the same data?")
     out = {"run_a": run_a, "run_b": run_b, "n_common": len(common),
            "only_in_a": len(set(a) - set(b)), "only_in_b": len(set(b) - set(a)),
@@ -133,7 +134,7 @@ def main(argv):
         sys.exit(2)
     try:
         result = compare(argv[1], argv[2], FLAGS.metrics)
-    except (FileNotFoundError, ValueError) as exc:
+    except ONE_LINE_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     print(f"A = {argv[1]}\nB = {argv[2]}\npaired pairs: {result['n_common']} of {result['n_patients']} patients "

@@ -36,6 +36,7 @@ import jax
 import numpy as np
 
 from hetreg_jax.base import sharding
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.base.workdir import json_safe
 from hetreg_jax.core import metrics
 from hetreg_jax.data import pipeline
@@ -148,9 +149,9 @@ def pair_rows(pairs: Mapping, pred: Mapping, label_rule: str, sparsification_ste
     structures, in the channel order of ``pred["warped_labels"]`` (or only the myocardium, read
     from ``pred["warped_myo"]``)."""
     if label_rule not in ("threshold", "reference"):
-        raise ValueError(f"config.eval.label_rule={label_rule!r}; known: 'threshold', 'reference'")
+        raise InputError(f"config.eval.label_rule={label_rule!r}; known: 'threshold', 'reference'")
     if empty_penalty not in ("nan", "diagonal"):
-        raise ValueError(f"config.eval.empty_penalty={empty_penalty!r}; known: 'nan', 'diagonal'")
+        raise InputError(f"config.eval.empty_penalty={empty_penalty!r}; known: 'nan', 'diagonal'")
     labels = list(labels)
     warped_labels = pred.get("warped_labels")
     if warped_labels is None:

@@ -52,6 +52,7 @@ from ml_collections import config_flags
 
 from hetreg_jax import configs
 from hetreg_jax.base import sharding
+from hetreg_jax.base.errors import ONE_LINE_ERRORS, InputError
 from hetreg_jax.base.workdir import ConfigMismatch, WorkdirLocked, atomic_write_text
 from hetreg_jax.experiments import report as experiment_report
 from hetreg_jax.experiments.runs import (FAILED_NAME, NO_TRAINING, PROFILES, QUICK, Profile, Run, add_wall_time,
@@ -237,10 +238,10 @@ def table_runs(table: str, base, args: dict):
         folds = [int(k) for k in args.get("folds") or range(base.data.folds)]
         bad = [k for k in folds if not 0 <= k < base.data.folds]
         if bad:
-            raise ValueError(f"--folds={','.join(map(str, folds))}: folds run from 0 to "
+            raise InputError(f"--folds={','.join(map(str, folds))}: folds run from 0 to "
                              f"config.data.folds - 1 = {base.data.folds - 1}")
     elif args.get("folds"):
-        raise ValueError("--folds needs --config.data.folds=F (F >= 3 cross-validation folds)")
+        raise InputError("--folds needs --config.data.folds=F (F >= 3 cross-validation folds)")
     return plan(table, args["seeds"], args["models"], args["methods"], datasets,
                 args.get("gammas", ()), args.get("noise_scales", ()), base_gamma=gamma, folds=folds)
 
@@ -269,7 +270,7 @@ def run_table(table: str, base, root: str, profile="quick", seeds=(0, 1, 2),
     """Train what ``table`` needs (unless ``report_only``), then write its reports; returns their paths.
     ``profile``: a name of ``PROFILES`` or a `Profile` (with the user's overrides)."""
     if table not in TABLES:
-        raise ValueError(f"--table={table!r}: one of {', '.join(TABLES)}")
+        raise InputError(f"--table={table!r}: one of {', '.join(TABLES)}")
     profile = as_profile(profile)
     args = dict(seeds=list(seeds), models=list(models), methods=list(methods), datasets=list(datasets),
                 gammas=list(gammas), noise_scales=list(noise_scales), figures=figures, folds=list(folds))
@@ -306,7 +307,7 @@ def main(argv):
                   FLAGS.methods, FLAGS.datasets, FLAGS.gammas, FLAGS.noise_scales,
                   report_only=FLAGS.report_only, retry_failed=FLAGS.retry_failed, figures=FLAGS.figures,
                   folds=FLAGS.folds, vmap_seeds=FLAGS.vmap_seeds)
-    except ValueError as exc:
+    except ONE_LINE_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
 

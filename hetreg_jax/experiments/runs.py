@@ -14,6 +14,7 @@ import math
 import os
 
 from hetreg_jax import configs
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.base.workdir import atomic_write_text
 from hetreg_jax.core import methods
 from hetreg_jax.evaluate import evaluation
@@ -146,7 +147,7 @@ class Profile:
 def as_profile(profile) -> Profile:
     profile = profile if isinstance(profile, Profile) else Profile(str(profile))
     if profile.name not in PROFILES:
-        raise ValueError(f"--profile={profile.name!r}: one of {', '.join(PROFILES)}")
+        raise InputError(f"--profile={profile.name!r}: one of {', '.join(PROFILES)}")
     return profile
 
 
@@ -210,7 +211,7 @@ def plan(table: str, seeds, models, methods, datasets, gammas=(), noise_scales=(
         wanted = [(d, m, meth) for d in (datasets or ("acdc",)) for m in models for meth in (methods or NOISE_METHODS)]
         extra = [{"noise_scale": None if float(s) == 1.0 else float(s)} for s in noise_scales]
     else:
-        raise ValueError(f"--table={table!r}: one of {', '.join(TABLE_NAMES)}")
+        raise InputError(f"--table={table!r}: one of {', '.join(TABLE_NAMES)}")
     runs, skipped, seen = [], [], set()
     for options in extra:
         for seed, fold in replicates:

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.models.unet import UNet
 from hetreg_jax.models.variance import VarianceUNet
 from hetreg_jax.models.voxelmorph import VoxelMorph
@@ -33,9 +34,9 @@ __all__ = ["MODEL_NAMES", "UNet", "VarianceUNet", "VoxelMorph", "count_params", 
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the model called ``name`` with ``kwargs`` as its attributes; ValueError if unknown."""
+    """Build the model called ``name`` with ``kwargs`` as its attributes; ``InputError`` if unknown."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
+        raise InputError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
     module_path, class_name = _REGISTRY[name]
     return getattr(importlib.import_module(module_path), class_name)(**kwargs)
 

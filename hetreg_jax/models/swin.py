@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hetreg_jax.base.errors import InputError
+
 MASK_VALUE = -100.0
 LN_EPS = 1e-5
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -80,7 +82,7 @@ def window_partition(x: jax.Array, window: Sequence[int]) -> jax.Array:
     nd = len(spatial)
     grid = [s // w for s, w in zip(spatial, window)]
     if any(g * w != s for g, w, s in zip(grid, window, spatial)):
-        raise ValueError(f"spatial shape {tuple(spatial)} is not a multiple of window {tuple(window)}")
+        raise InputError(f"spatial shape {tuple(spatial)} is not a multiple of window {tuple(window)}")
     split = [d for g, w in zip(grid, window) for d in (g, w)]
     x = x.reshape(b, *split, c)
     perm = (0, *range(1, 2 * nd, 2), *range(2, 2 * nd + 1, 2), 2 * nd + 1)

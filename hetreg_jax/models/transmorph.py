@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.models import padding
 from hetreg_jax.models.swin import SwinEncoder, torch_default_init
 from hetreg_jax.models.voxelmorph import SIGMA_Z_INIT_LOG_VAR
@@ -60,7 +61,7 @@ def transmorph_config(ndim: int, image_size: Sequence[int]) -> dict[str, Any]:
     ``image_size`` is checked with `validate_input` (raises ``ValueError``).
     """
     if ndim not in (2, 3) or len(image_size) != ndim:
-        raise ValueError(f"ndim must be 2 or 3 and match image_size; got ndim={ndim}, image_size={tuple(image_size)}")
+        raise InputError(f"ndim must be 2 or 3 and match image_size; got ndim={ndim}, image_size={tuple(image_size)}")
     config = dict(embed_dim=96, depths=(2, 2, 4, 2), num_heads=(4, 4, 8, 8),
                   window_size=WINDOW_2D if ndim == 2 else WINDOW_3D_64, patch_size=4, mlp_ratio=4.0,
                   drop_path_rate=0.3, qkv_bias=False)
@@ -69,7 +70,7 @@ def transmorph_config(ndim: int, image_size: Sequence[int]) -> dict[str, Any]:
 
 
 def validate_input(image_size: Sequence[int], config: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` unless ``image_size`` (spatial shape, 2 or 3 entries) suits ``config``.
+    """Raise ``InputError`` unless ``image_size`` (spatial shape, 2 or 3 entries) suits ``config``.
 
     ``config`` needs ``patch_size`` and ``depths``; ``window_size``, ``embed_dim`` and ``num_heads`` are
     checked when present. Any positive size is taken (the network pads to `size_multiple`);
@@ -78,21 +79,21 @@ def validate_input(image_size: Sequence[int], config: Mapping[str, Any]) -> None
     size = tuple(int(s) for s in image_size)
     patch, depths = int(config["patch_size"]), tuple(config["depths"])
     if len(size) not in (2, 3):
-        raise ValueError(f"image_size must have 2 or 3 spatial axes, got {size}")
+        raise InputError(f"image_size must have 2 or 3 spatial axes, got {size}")
     if patch != 4:
-        raise ValueError(f"patch_size must be 4 (conv skips at 1/2 and 1/1), got patch_size={patch}")
+        raise InputError(f"patch_size must be 4 (conv skips at 1/2 and 1/1), got patch_size={patch}")
     window = config.get("window_size")
     if window is not None and not isinstance(window, int) and len(window) != len(size):
-        raise ValueError(f"window_size {tuple(window)} has {len(window)} entries, image_size {size} has {len(size)}")
+        raise InputError(f"window_size {tuple(window)} has {len(window)} entries, image_size {size} has {len(size)}")
     heads = config.get("num_heads")
     if heads is not None and len(heads) != len(depths):
-        raise ValueError(f"num_heads {tuple(heads)} and depths {depths} differ in length")
+        raise InputError(f"num_heads {tuple(heads)} and depths {depths} differ in length")
     if heads is not None and "embed_dim" in config:
         for i, h in enumerate(heads):
             if (config["embed_dim"] * 2**i) % h:
-                raise ValueError(f"stage {i}: {config['embed_dim'] * 2**i} channels not divisible by {h} heads")
+                raise InputError(f"stage {i}: {config['embed_dim'] * 2**i} channels not divisible by {h} heads")
     if any(s < 1 for s in size):
-        raise ValueError(f"image_size {size} must be positive on every axis")
+        raise InputError(f"image_size {size} must be positive on every axis")
 
 
 def size_multiple(patch_size: int, depths: Sequence[int]) -> int:
@@ -166,7 +167,7 @@ class TransMorph(nn.Module):
     @nn.compact
     def __call__(self, moving: jax.Array, fixed: jax.Array, train: bool = False) -> jax.Array:
         if moving.shape[:-1] != fixed.shape[:-1]:
-            raise ValueError(f"moving {moving.shape} and fixed {fixed.shape} differ in batch/spatial shape")
+            raise InputError(f"moving {moving.shape} and fixed {fixed.shape} differ in batch/spatial shape")
         size = moving.shape[1:-1]
         validate_input(size, dict(patch_size=self.patch_size, depths=self.depths, window_size=self.window_size,
                                   num_heads=self.num_heads, embed_dim=self.embed_dim))

@@ -37,6 +37,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hetreg_jax.base.errors import InputError
+
 ENC_FEATURES = (16, 32, 32, 32)
 DEC_FEATURES = (32, 32, 32, 32, 32, 16, 16)
 KERNEL = 3
@@ -73,9 +75,9 @@ def conv_layer(features: int, ndim: int, in_channels: int, *, name: str,
 
 
 def check_spatial_shape(shape: Sequence[int], divisor: int) -> None:
-    """Raise a ``ValueError`` naming ``shape`` and ``divisor`` unless every size is a multiple."""
+    """Raise an ``InputError`` naming ``shape`` and ``divisor`` unless every size is a multiple."""
     if any(n % divisor for n in shape):
-        raise ValueError(
+        raise InputError(
             f"spatial shape {tuple(shape)} must be divisible by {divisor} in every axis "
             f"(the U-Net pools {int(math.log2(divisor))} times); pad or crop the images")
 
@@ -102,7 +104,7 @@ def _conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
     ndim = x.ndim - 2
     spatial = "DHW"[-ndim:] if ndim <= 3 else None
     if spatial is None:
-        raise ValueError(f"only 1D to 3D convolutions are supported, got ndim={ndim}")
+        raise InputError(f"only 1D to 3D convolutions are supported, got ndim={ndim}")
     dims = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
     return jax.lax.conv_general_dilated(x, kernel, (1,) * ndim, padding, dimension_numbers=dims)
 
@@ -188,11 +190,11 @@ class UNet(nn.Module):
             raise ValueError(f"upsample={self.upsample!r}; one of {', '.join(UPSAMPLE_FORMS)}")
         n_levels = len(self.enc_features)
         if len(self.dec_features) < n_levels:
-            raise ValueError(
+            raise InputError(
                 f"dec_features {tuple(self.dec_features)} needs at least {n_levels} entries "
                 f"(one per encoder level of {tuple(self.enc_features)})")
         if x.ndim < 3:
-            raise ValueError(f"input must be [B, *spatial, C] (>= 1 spatial axis), got {x.shape}")
+            raise InputError(f"input must be [B, *spatial, C] (>= 1 spatial axis), got {x.shape}")
         check_spatial_shape(x.shape[1:-1], 2 ** n_levels)
         level = nn.remat(Level) if self.remat else Level
 

@@ -41,6 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.core import spatial
 from hetreg_jax.models import padding
 from hetreg_jax.models.unet import DEC_FEATURES, ENC_FEATURES, UNet, conv_layer
@@ -94,16 +95,16 @@ class VoxelMorph(nn.Module):
     def __call__(self, moving: jax.Array, fixed: jax.Array,
                  velocity_noise: jax.Array | None = None) -> dict[str, jax.Array]:
         if moving.shape != fixed.shape:
-            raise ValueError(f"moving {moving.shape} and fixed {fixed.shape} must have one shape")
+            raise InputError(f"moving {moving.shape} and fixed {fixed.shape} must have one shape")
         if self.int_steps < 0:
-            raise ValueError(f"int_steps must be >= 0, got {self.int_steps}")
+            raise InputError(f"int_steps must be >= 0, got {self.int_steps}")
         if self.int_downsize < 1:
-            raise ValueError(f"int_downsize must be >= 1, got {self.int_downsize}")
+            raise InputError(f"int_downsize must be >= 1, got {self.int_downsize}")
         ndim = moving.ndim - 2
         size = moving.shape[1:-1]
         pad = padding.padding(size, self.size_multiple())
         if any(pad) and self.probabilistic:
-            raise ValueError(f"spatial shape {tuple(size)} must be divisible by {self.size_multiple()} for the "
+            raise InputError(f"spatial shape {tuple(size)} must be divisible by {self.size_multiple()} for the "
                              "probabilistic (vxm-diff) model (its velocity noise is drawn on the unpadded grid)")
         out = self._padded_call(padding.pad_end(moving, pad), padding.pad_end(fixed, pad), ndim, velocity_noise)
         cropped = ("displacement", "inverse_displacement", "log_var_z") + (("velocity",) if self.int_steps == 0 else ())
@@ -123,7 +124,7 @@ class VoxelMorph(nn.Module):
                                                     "log_sigma_z")
         if self.probabilistic:
             if self.int_steps == 0:
-                raise ValueError("the probabilistic (vxm-diff) model needs int_steps > 0")
+                raise InputError("the probabilistic (vxm-diff) model needs int_steps > 0")
             log_var_v = self._log_var_head(features, ndim, *VXM_DIFF_LOG_VAR_INIT, "log_sigma")
         if self.int_steps == 0:
             out = {"displacement": head, "velocity": head, **extra}
@@ -131,7 +132,7 @@ class VoxelMorph(nn.Module):
                 out["inverse_displacement"] = -head
             return out
         if any(n % self.int_downsize for n in moving.shape[1:-1]):
-            raise ValueError(f"spatial shape {moving.shape[1:-1]} must be divisible by "
+            raise InputError(f"spatial shape {moving.shape[1:-1]} must be divisible by "
                              f"int_downsize={self.int_downsize}")
         velocity = spatial.resize_field(head, 1.0 / self.int_downsize)
         flow = velocity

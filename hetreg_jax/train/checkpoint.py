@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from hetreg_jax.base.errors import HetregError, MissingFileError
 
 COMMIT_FILE = "commit_success.txt"
 ITEMS = ("state", "meta")
@@ -153,7 +154,7 @@ class Checkpointer:
     def _step_or_latest(self, step: int | None) -> int:
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+            raise MissingFileError(f"no complete checkpoint in {self.directory}")
         return step
 
     def restore_meta(self, step: int | None = None) -> dict:
@@ -202,7 +203,7 @@ class Checkpointer:
                 self._manager = None
 
 
-class NoSpace(OSError):
+class NoSpace(HetregError, OSError):
     """The disk filled up while a checkpoint was written (one-line message)."""
 
 

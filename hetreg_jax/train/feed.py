@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from hetreg_jax.base import sharding
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.data import pipeline
 from hetreg_jax.train.step import chunk_form, hparams
 
@@ -153,7 +154,7 @@ class SeedFeed(Feed):
         self.trainer, self.pairs, self.config = trainers[0], pairs[0], configs[0]
         counts = {pipeline.num_pairs(p) for p in pairs}
         if len(counts) != 1:
-            raise ValueError(f"the runs' training splits differ in size ({sorted(counts)} pairs): "
+            raise InputError(f"the runs' training splits differ in size ({sorted(counts)} pairs): "
                              "train them one at a time")
         mesh = trainers[0].mesh
         self.n, self.on_device = counts.pop(), True

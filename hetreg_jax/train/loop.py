@@ -17,6 +17,7 @@ import numpy as np
 
 from hetreg_jax.base import sharding
 from hetreg_jax.base import workdir as workdir_lib
+from hetreg_jax.base.errors import InputError, MissingFileError, NonFiniteError
 from hetreg_jax.base.interrupt import Interrupted, StopRequest
 from hetreg_jax.base.progress import Progress, print_summary, say
 from hetreg_jax.base.writers import MetricWriter
@@ -36,7 +37,7 @@ def check_finite(step: int, phase: str, measures: dict,
     """Stop the run on a non-finite loss or gradient, naming the step, the phase and the term."""
     bad = [k for k, v in measures.items() if k != "all_finite" and not np.isfinite(v)]
     if bad:
-        raise FloatingPointError(f"non-finite {', '.join(bad)} at step {step} (phase {phase}); {kept}")
+        raise NonFiniteError(f"non-finite {', '.join(bad)} at step {step} (phase {phase}); {kept}")
 
 
 def check_pending(pending: list, kept: str) -> dict:
@@ -91,7 +92,7 @@ def restore_or_init(trainer: Trainer, ckpt, config, abstract: Any = None) -> ts.
 
     A checkpoint of another model, method or image size (its meta record), or whose parameter tree
     does not match this config's networks (e.g. other feature widths), raises a one-line
-    ``ValueError`` naming the checkpoint folder and both values.
+    ``InputError`` naming the checkpoint folder and both values.
     """
     step = ckpt.latest_step()
     if step is None:
@@ -102,27 +103,27 @@ def restore_or_init(trainer: Trainer, ckpt, config, abstract: Any = None) -> ts.
     try:
         meta, mismatches = ckpt.restore_meta(step), ckpt.mismatches(abstract, step)
     except errors as exc:
-        raise ValueError(f"cannot read checkpoint {where} ({_first_line(exc)}); {advice}") from exc
+        raise InputError(f"cannot read checkpoint {where} ({_first_line(exc)}); {advice}") from exc
     expected = _checkpoint_meta(config, step)
     for key in ("model", "method", "image_size"):
         if meta.get(key) != expected[key]:
-            raise ValueError(f"checkpoint {where} was trained with {key}={meta.get(key)!r}, but the "
+            raise InputError(f"checkpoint {where} was trained with {key}={meta.get(key)!r}, but the "
                              f"config has {key}={expected[key]!r}; {advice}")
     if mismatches:
         more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
-        raise ValueError(f"checkpoint {where} does not match the networks of this config: "
+        raise InputError(f"checkpoint {where} does not match the networks of this config: "
                          f"{mismatches[0]}{more}; {advice}")
     try:
         return ckpt.restore(abstract, step)[0]
     except errors as exc:
-        raise ValueError(f"cannot restore checkpoint {where} ({_first_line(exc)}); {advice}") from exc
+        raise InputError(f"cannot restore checkpoint {where} ({_first_line(exc)}); {advice}") from exc
 
 
 def load_checkpoint(trainer: Trainer, config, workdir: str, abstract: Any = None) -> ts.TrainState:
-    """The latest complete checkpoint of ``workdir`` (read-only); ``FileNotFoundError`` if none."""
+    """The latest complete checkpoint of ``workdir`` (read-only); ``MissingFileError`` if none."""
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not complete_steps(ckpt_dir):
-        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
+        raise MissingFileError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
     ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints, create=False)
     try:
         return restore_or_init(trainer, ckpt, config, abstract)
@@ -200,9 +201,9 @@ def train_and_evaluate_together(configs, workdirs, mesh: jax.sharding.Mesh | Non
     if len(configs) > 1:
         why = same_but_hparams(configs)
         if why or any(_classical(c) for c in configs):
-            raise ValueError(f"cannot train these runs together: {why or 'elastix trains no network'}")
+            raise InputError(f"cannot train these runs together: {why or 'elastix trains no network'}")
         if len(set(map(os.path.abspath, workdirs))) != len(workdirs):
-            raise ValueError("cannot train these runs together: two of them share a workdir")
+            raise InputError("cannot train these runs together: two of them share a workdir")
     prepared = [_prepare(c, mesh) for c in configs]
     lead = jax.process_index() == 0
     members, states = [], []
@@ -216,14 +217,14 @@ def train_and_evaluate_together(configs, workdirs, mesh: jax.sharding.Mesh | Non
             state = restore_or_init(trainer, ckpt, config, abstract)
             start = int(jax.device_get(state.step))
             if start > config.num_steps:
-                raise ValueError(f"the latest checkpoint in {ckpt.directory} is at step {start}, past "
+                raise InputError(f"the latest checkpoint in {ckpt.directory} is at step {start}, past "
                                  f"config.num_steps={config.num_steps}; raise num_steps or use --mode=eval")
             label = f"seed {config.seed}" if len(configs) > 1 else ""
             members.append((_Member(config, workdir, trainer, splits, ckpt, label), lock, changes, start))
             states.append(state)
         starts = sorted({start for *_, start in members})
         if len(starts) > 1:
-            raise ValueError(f"cannot train these runs together: their checkpoints are at steps "
+            raise InputError(f"cannot train these runs together: their checkpoints are at steps "
                              f"{', '.join(map(str, starts))}; resume them one at a time")
         start = starts[0]
         for member, lock, changes, _ in members:
@@ -369,7 +370,7 @@ def _check_log_save(m: _Member, state, done: int, phase: str, log: bool, save: b
         say(f"{m.label}: " * bool(m.label) + f"step {done}: validation Dice ({structure}) {dice:.2f}%")
     if save:
         if not bool(params_finite(state)):
-            raise FloatingPointError(f"non-finite parameters after step {done} (phase {phase}); {kept}")
+            raise NonFiniteError(f"non-finite parameters after step {done} (phase {phase}); {kept}")
         try:
             m.ckpt.save(done, state, _checkpoint_meta(m.config, done), wait=wait)
         except NoSpace as exc:
@@ -392,11 +393,11 @@ def evaluate_checkpoint(config, workdir: str, mesh: jax.sharding.Mesh | None = N
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     no_checkpoint = f"no checkpoint in {ckpt_dir}: train first (--mode=train)"
     if not os.path.isdir(workdir):
-        raise FileNotFoundError(no_checkpoint)
+        raise MissingFileError(no_checkpoint)
     lead = jax.process_index() == 0
     with workdir_lib.WorkdirLock(workdir, enabled=lead, read_only=True):
         if not complete_steps(ckpt_dir):
-            raise FileNotFoundError(no_checkpoint)
+            raise MissingFileError(no_checkpoint)
         outdir = out or os.path.join(workdir, "eval")
         if lead:
             workdir_lib.check_writable(outdir, "--out" if out else "--workdir")

@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from hetreg_jax.base import sharding
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.core import losses, methods, spatial
 from hetreg_jax.models import get_model
 from hetreg_jax.models.transmorph import transmorph_config, validate_input
@@ -86,7 +87,7 @@ def motion_model_kwargs(config) -> dict:
             kwargs["window_size"] = tuple(t.window_size)
         validate_input(size, kwargs)
         return kwargs
-    raise ValueError(f"config.model={config.model!r}; known: 'voxelmorph', 'transmorph'")
+    raise InputError(f"config.model={config.model!r}; known: 'voxelmorph', 'transmorph'")
 
 
 # The traced hyper-parameters: name -> config key. Changing one of these never recompiles.
@@ -168,7 +169,7 @@ def lr_factor(config) -> Callable[[jax.Array], jax.Array] | None:
             # -1e-7, whose 0.9th power is NaN; clipped at 0 (bit-identical where it is positive).
             return jnp.maximum(1.0 - epoch / epochs, 0.0) ** 0.9
         return factor
-    raise ValueError(f"config.optim.motion_schedule={config.optim.motion_schedule!r}; "
+    raise InputError(f"config.optim.motion_schedule={config.optim.motion_schedule!r}; "
                      "known: 'auto', 'constant', 'poly'")
 
 
