@@ -187,7 +187,7 @@ class UNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.upsample not in UPSAMPLE_FORMS:
-            raise ValueError(f"upsample={self.upsample!r}; one of {', '.join(UPSAMPLE_FORMS)}")
+            raise InputError(f"upsample={self.upsample!r}; one of {', '.join(UPSAMPLE_FORMS)}")
         n_levels = len(self.enc_features)
         if len(self.dec_features) < n_levels:
             raise InputError(
