@@ -65,7 +65,6 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tmp_path):
     import signal
-    import time
 
     from hetreg_jax.train.checkpoint import complete_steps
 
@@ -73,16 +72,23 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tm
     more = ["--config.num_steps=400", "--config.log_every=10", "--config.checkpoint_every=1000"]
     procs = [_main(TINY, workdir, "--cpu_devices=2", f"--coordinator_address=127.0.0.1:{port}",
                    "--num_processes=2", f"--process_id={i}", *more) for i in (0, 1)]
+    import threading
+
+    # A hung pair prints nothing, so reading its output would block for ever: kill both after 300 s.
+    watchdog = threading.Timer(300, lambda: [p.kill() for p in procs])
+    watchdog.start()
     try:
-        deadline, seen = time.time() + 300, []
+        seen = []
         for line in procs[0].stdout:  # process 0 prints the progress
             seen.append(line)
             if "step 10/400" in line:
                 break
-            assert time.time() < deadline
+        assert watchdog.is_alive(), "the two processes did not reach step 10 within 300 s:\n" + "".join(seen)
+        watchdog.cancel()
         procs[1].send_signal(signal.SIGTERM)  # the other process alone, as a preemption notice may be
         outputs = ["".join(seen) + procs[0].communicate(timeout=180)[0], procs[1].communicate(timeout=180)[0]]
     finally:
+        watchdog.cancel()
         for p in procs:
             if p.poll() is None:
                 p.kill()
