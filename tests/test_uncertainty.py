@@ -257,3 +257,21 @@ def test_table5_plan_and_report_on_known_numbers(tmp_path):
     assert cells[1:4] == ["ours", "✓", "✗"] and cells[4] == "82.50 ± 0.50" and cells[8] == "0.050 ± 0.050"
     assert cells[-1] == "79.8 / 4.74 / 1.22"
     assert [c.strip() for c in lines[0].split("|")[1:-1]][8] == "not measured"  # Vxm has no sigma_z
+    header = [c.strip() for c in open(path).read().split("| data |")[1].splitlines()[0].split("|")[:-1]]
+    assert header[3:6] == ["Dice %", "HD px", "ASD px"] and header[6:8] == ["EPE px", "σ_z AUSE px²"]
+    assert "σ_z ECE px" not in header and "σ_I Spearman" not in header  # measured by no row: left out
+
+    # Real data (no true motion): no EPE column; the residual-ranked scores are measured.
+    for k, run in enumerate(runs):
+        with open(os.path.join(run.path(root), "eval", "test_per_pair.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, ["pair_id", "dice", "hd", "asd", "sigma_z_ause_residual"])
+            writer.writeheader()
+            writer.writerow(dict(pair_id="p0", dice=80, hd=5, asd=1,
+                                 sigma_z_ause_residual=0.002 if run.predict_sigma else ""))
+    path, = experiment_report.report_table5(runs, config, root, "paper", [], {"figures": False})
+    text = open(path).read()
+    header = [c.strip() for c in text.split("| data |")[1].splitlines()[0].split("|")[:-1]]
+    assert header[3:] == ["Dice %", "HD px", "ASD px", "σ_z AUSE residual²", "paper Dice / HD / ASD"]
+    assert "ranked by σ_z, which needs no ground truth" in text and "EPE" not in text
+    last = [c.strip() for c in text.splitlines() if c.startswith("| ACDC")][-1].split("|")[1:-1]
+    assert last[7].strip() == "0.0020 ± 0.0000"

@@ -493,29 +493,45 @@ TABLE5_NAMES = {("mse", False): ("Vxm", "✗", "✗"), ("vxm_diff", False): ("Vx
                 ("ours", True): ("ours", "✓", "✓")}
 TABLE5_METRICS = (("dice", "Dice %", 2), ("hd", "HD px", 2), ("asd", "ASD px", 2), ("epe", "EPE px", 2),
                   ("sigma_z_ause", "σ_z AUSE px²", 3), ("sigma_z_ece", "σ_z ECE px", 3),
+                  ("sigma_z_mean", "σ_z mean px", 3), ("sigma_z_ause_residual", "σ_z AUSE residual²", 4),
+                  ("ause", "σ_I AUSE residual²", 4),
                   ("sigma_i_spearman", "σ_I Spearman", 2), ("sigma_i_median_ratio", "σ_I median ratio", 2))
+TABLE5_NOTES = {
+    "sigma_z_ause": "σ_z AUSE: sparsification of the squared true endpoint error ranked by σ_z",
+    "sigma_z_ece": "σ_z ECE: 10 equal-count bins, |RMS endpoint error − √ndim · RMS σ_z| weighted by count",
+    "sigma_z_mean": "σ_z mean: the predicted displacement std averaged over the foreground",
+    "sigma_z_ause_residual": "σ_z AUSE residual²: sparsification of the squared image residual (fixed − "
+                             "warped, normalised intensities) ranked by σ_z, which needs no ground truth",
+    "ause": "σ_I AUSE residual²: the same for the variance net's log σ_I²",
+    "sigma_i_spearman": "σ_I Spearman / median ratio: predicted against the phantoms' true noise σ",
+}
 
 
 def report_table5(runs, base, root, profile, skipped, args) -> list[str]:
-    """``table5.md``: per dataset and Table 5 row, the contour metrics, EPE and the uncertainty
-    scores (pooled per-pair values over the finished seeds), with the paper's numbers beside."""
+    """``table5.md``: per dataset and Table 5 row, the contour metrics and the uncertainty scores
+    (pooled per-pair values over the finished seeds), with the paper's numbers beside. A column that
+    no row measures (on real data: EPE and the scores against true motion or noise) is left out."""
     done = [r for r in runs if finished(r, base, root, profile)]
     rows = []
     for d in dict.fromkeys(r.dataset for r in runs):
         for key in dict.fromkeys((r.method, r.predict_sigma) for r in runs):
             chosen = [r for r in done if r.dataset == d and (r.method, r.predict_sigma) == key]
             name, z, i = TABLE5_NAMES.get(key, (key[0], "✓" if key[1] else "✗", "?"))
-            cells = [cell(pooled(chosen, root, metric), digits)[1] for metric, _, digits in TABLE5_METRICS]
+            cells = [cell(pooled(chosen, root, metric), digits) for metric, _, digits in TABLE5_METRICS]
             paper = PAPER_TABLE5.get(key)
             offset = PAPER_DATASETS.index(d) * 3 if paper and d in PAPER_DATASETS else None
             published = " / ".join(f"{v:g}" for v in paper[offset:offset + 3]) if offset is not None else "–"
-            rows.append([dataset_name(d, base), name, z, i] + cells + [published])
-    header = ["data", "row", "σ_z", "σ_I"] + [label for _, label, _ in TABLE5_METRICS] + ["paper Dice / HD / ASD"]
+            rows.append(([dataset_name(d, base), name, z, i], cells, published))
+    kept = [c for c, (metric, _, _) in enumerate(TABLE5_METRICS)
+            if c < 3 or any(not math.isnan(cells[c][0]) for _, cells, _ in rows)]
+    header = (["data", "row", "σ_z", "σ_I"] + [TABLE5_METRICS[c][1] for c in kept]
+              + ["paper Dice / HD / ASD"])
+    table = [first + [cells[c][1] for c in kept] + [published] for first, cells, published in rows]
+    notes = [TABLE5_NOTES[TABLE5_METRICS[c][0]] for c in kept if TABLE5_METRICS[c][0] in TABLE5_NOTES]
     text = ["# Table 5: displacement uncertainty (VoxelMorph)\n", _setting(runs, base, root, profile),
-            "σ_z AUSE: sparsification of the squared true endpoint error ranked by σ_z; σ_z ECE: 10 equal-count "
-            "bins, |RMS endpoint error − √ndim · RMS σ_z| weighted by count; σ_I: predicted against the "
-            "phantoms' true noise σ (docs/uncertainty.md). The paper's numbers are on real "
-            "ACDC / CAMUS.\n", markdown(header, rows)]
+            "; ".join(dict.fromkeys(notes)) + " (docs/uncertainty.md). The paper's numbers are on real "
+            "ACDC / CAMUS.\n" if notes else "The paper's numbers are on real ACDC / CAMUS.\n",
+            markdown(header, table)]
     path = _write_markdown(root, "table5.md", text, runs, skipped)
     if not args.get("figures", True):
         return [path]
