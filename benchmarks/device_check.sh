@@ -10,7 +10,8 @@
 # measurement and writes them to OUT_DIR/device_check.jsonl (default: ./device_check).
 #
 # Measures, on the GPU: training and inference pairs/s of VoxelMorph and TransMorph at 128² (batch
-# 8, 1 and 10 steps per call); the U-Net's plain upsample-conv against the sub-pixel form; the seed
+# 8, 1 and 10 steps per call); the U-Net's plain upsample-conv against the sub-pixel form; batch
+# indices drawn in the program (data.order=device) against drawn by the host; the seed
 # throughput of 1, 3 and 8 seeds in one program; the cost of
 # deterministic GPU ops (HETREG_JAX_DETERMINISTIC=1, the default, against 0); then runs the tests
 # that exercise the compiled programs (tests/test_programs.py) on the GPU.
@@ -35,6 +36,8 @@ bench tm128_k10 --config=configs/acdc.py --steps=100 --infer_batches=50 --config
   --config.steps_per_call=10
 bench vxm128_k10_plain_upsample --config=configs/acdc.py --steps=200 --infer_batches=100 \
   --config.steps_per_call=10 --config.unet_upsample=plain
+bench vxm128_k10_device_order --config=configs/acdc.py --steps=200 --infer_batches=100 \
+  --config.steps_per_call=10 --config.data.order=device
 HETREG_JAX_DETERMINISTIC=0 bench vxm128_k10_nondeterministic --config=configs/acdc.py --steps=200 \
   --infer_batches=100 --config.steps_per_call=10
 for s in 1 3 8; do

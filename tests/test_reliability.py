@@ -211,6 +211,21 @@ def test_config_change_with_the_flag_is_recorded(cli, trained_copy):
         workdir_lib.config_changes(new, trained_copy)
 
 
+def test_a_record_without_a_later_key_reads_as_its_old_behaviour(tmp_path):
+    """A run recorded before a key existed resumes with the key's default, which reproduces it; any
+    other value is a restricted change that names the key."""
+    config = make_tiny_config()
+    record = config.to_dict()
+    del record["unet_upsample"], record["data"]["order"]
+    os.makedirs(tmp_path / "run")
+    with open(tmp_path / "run" / "config.json", "w") as f:
+        json.dump(record, f, default=list)
+    assert workdir_lib.config_changes(config, str(tmp_path / "run")) == {}
+    config.data.order = "device"
+    with pytest.raises(workdir_lib.ConfigMismatch, match='data.order: "host" -> "device"'):
+        workdir_lib.config_changes(config, str(tmp_path / "run"))
+
+
 def test_free_keys_change_without_the_flag(tmp_path):
     config = make_tiny_config()
     workdir_lib.record_config(config, str(tmp_path), {})

@@ -50,6 +50,9 @@ METRICS_NAME = "metrics.jsonl"
 FREE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "checkpoint_async",
              "steps_per_call", "steps_per_call_form", "data.on_device")
 FREE_PREFIXES = ("eval.",)
+# Keys added after runs were first recorded, each with the value that reproduces those runs: a
+# recorded config that lacks one reads as having it, so an older run resumes without a mismatch.
+LATER_DEFAULTS = {"compute_dtype": "float32", "remat": "none", "unet_upsample": "subpixel", "data.order": "host"}
 
 _ABSENT = "<absent>"
 
@@ -316,7 +319,7 @@ def config_changes(config, workdir: str, allow_change: bool = False) -> dict[str
     old = recorded_config(workdir)
     if old is None:
         return {}
-    old_flat, new_flat = flatten(old), flatten(config_to_dict(config))
+    old_flat, new_flat = {**LATER_DEFAULTS, **flatten(old)}, flatten(config_to_dict(config))
     pairs = {k: (old_flat.get(k, _ABSENT), new_flat.get(k, _ABSENT)) for k in sorted({*old_flat, *new_flat})}
     diffs = {k: (a, b) for k, (a, b) in pairs.items() if a != b}
     restricted = {k: v for k, v in diffs.items() if not is_free_key(k)}

@@ -66,7 +66,9 @@ def _peak_memory_mb() -> tuple[float, str]:
 def _train_call(trainer, config, rng):
     """The timed training program and its arguments: one step on a host batch, or (steps_per_call
     K > 1) K steps on data held by the devices, as training runs them (see ``train/feed.py``); the
-    run's traced hyper-parameters are the last argument."""
+    run's traced hyper-parameters are the last argument. With ``data.order="host"`` the chunk's
+    indices are drawn once and reused (training draws and copies a ``[K, batch]`` int32 array per
+    call, which this leaves out); with ``"device"`` the program draws them itself, as in training."""
     phase = trainer.phase(10**9)  # the steady-state phase
     k = config.steps_per_call
     if k == 1:
@@ -74,7 +76,7 @@ def _train_call(trainer, config, rng):
     n = max(64, config.batch_size)
     shape = (n, *config.data.image_size, 1)
     data = {key: rng.random(shape, dtype=np.float32) for key in ("moving", "fixed")}
-    indices = rng.integers(0, n, (k, config.batch_size)).astype(np.int32)
+    indices = rng.integers(0, n, (k, config.batch_size if config.data.order == "host" else 0)).astype(np.int32)
     data, indices, length = sharding.replicate((data, indices, np.int32(k)), trainer.mesh)
     return trainer.programs.chunk[phase], (data, indices, length, trainer.hparams), k
 
@@ -173,7 +175,8 @@ def seeds_together(config, counts, steps: int) -> list[dict]:
     for count in counts:
         shape = (count, n, *config.data.image_size, 1)
         data = {key: rng.random(shape, dtype=np.float32) for key in ("moving", "fixed")}
-        indices = rng.integers(0, n, (count, k, config.batch_size)).astype(np.int32)
+        indices = rng.integers(0, n, (count, k, config.batch_size if config.data.order == "host" else 0)
+                               ).astype(np.int32)
         hp = [steps_lib.hparams(config) for _ in range(count)]
         for seed, h in enumerate(hp):
             h["seed"] = np.int32(seed)

@@ -119,6 +119,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.structures = "auto"      # scored label values, "name=label,..." ("auto": ACDC rv=1,myo=2,lv=3; CAMUS lv=1,myo=2,la=3)
                                     # `pairs.csv`: myo=2; `myo` is the headline structure (see Evaluation)
     c.data.noise_scale = 1.0        # phantoms: multiplies the noise std (Rician sigma / speckle std); 0 = noise-free
+    c.data.order = "host"           # batch draws: "host" (numpy default_rng([seed, step]); the order of every run
+                                    # before this key) or "device" (jax.random inside the compiled steps, from the
+                                    # seed and the step in the state: no host work per step; other batches than "host")
     c.data.on_device = "auto"       # training images on the devices: "auto" (when they fit), "device", "host"
                                     # `device`: placed once on every device, batches gathered there; `host`: numpy
                                     # gathers each batch and copies it; `auto`: on the devices when they take at most

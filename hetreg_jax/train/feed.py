@@ -18,6 +18,15 @@ from the host, one step per call.
   their compiled programs differ, so their parameters agree to float rounding (about 1e-7 after 20
   steps), not bit for bit.
 
+**Batch order** (``data.order``). ``"host"`` (the default, and the order of every run made before
+the key existed): step t's indices are ``default_rng([seed, t]).integers(0, n, batch)``, drawn by
+numpy and sent with each call (a ``[K, batch]`` int32 array). ``"device"``: the compiled chunk draws
+them itself with ``jax.random`` from the seed (a traced hyper-parameter) and the state's step
+(`step.drawn_batch_indices`), so a call carries no per-step data at all; the host path draws the
+same indices with the same function, and the two paths again agree to rounding. The two orders give
+different batches, so a run keeps the order it was started with (a resumed run with another order
+is refused as a config change).
+
 A chunk never crosses a log, validation or checkpoint step, a phase change (warm start) or the end,
 so logging, validation, checkpoints, Ctrl-C and the non-finite check happen at exactly the same
 steps whatever K is (a chunk cut short at such a step is simply shorter).
@@ -33,10 +42,13 @@ import numpy as np
 from hetreg_jax.base import sharding
 from hetreg_jax.base.errors import InputError
 from hetreg_jax.data import pipeline
-from hetreg_jax.train.step import chunk_form, hparams
+from hetreg_jax.train.step import chunk_form, drawn_batch_indices, hparams
 
 AUTO_FRACTION = 0.25         # "auto": on the devices up to this share of one device's memory
 AUTO_LIMIT_BYTES = 2 << 30   # ... or up to this where the device does not report its memory (CPU)
+
+# data.order="device" on the host path: the draws of the compiled chunks, computed one step at a time.
+_drawn = jax.jit(drawn_batch_indices, static_argnums=(2, 3))
 
 
 def _device_memory_bytes(mesh) -> int | None:
@@ -123,17 +135,26 @@ class Feed:
             return self._chunk(state, start, end, phase, rows=cfg.steps_per_call)
         out = []
         for t in range(start, end):
-            batch = sharding.global_batch(
-                pipeline.training_batch(self.pairs, cfg.seed, t, cfg.batch_size, self.rows), self.trainer.mesh)
+            batch = sharding.global_batch(self._host_batch(t), self.trainer.mesh)
             state, measures = self.trainer.train_step(phase)(state, batch)
             out.append((t + 1, phase, measures, None, None))
         return state, [out]
 
     def _indices(self, seed: int, start: int, end: int, rows: int) -> np.ndarray:
+        if self.config.data.order == "device":  # drawn in the program: only the chunk's K travels
+            return np.zeros((rows, 0), np.int32)
         indices = np.zeros((rows, self.config.batch_size), np.int32)
         for row, t in enumerate(range(start, end)):
             indices[row] = pipeline.batch_indices(seed, t, self.n, self.config.batch_size)
         return indices
+
+    def _host_batch(self, t: int) -> dict:
+        """This process's rows of step ``t``'s batch, gathered on the host (the host path)."""
+        cfg = self.config
+        if cfg.data.order == "host":
+            return pipeline.training_batch(self.pairs, cfg.seed, t, cfg.batch_size, self.rows)
+        index = np.asarray(_drawn(cfg.seed, t, self.n, cfg.batch_size))[self.rows]
+        return {k: self.pairs[k][index] for k in pipeline.IMAGE_KEYS}
 
     def _chunk(self, state, start: int, end: int, phase: str, rows: int):
         indices, length = self._indices(self.config.seed, start, end, rows), np.int32(end - start)

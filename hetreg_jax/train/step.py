@@ -112,13 +112,28 @@ HPARAMS = {
 STRUCTURE_KEYS = ("model", "method", "num_steps", "steps_per_epoch", "steps_per_call_form", "compute_dtype",
                   "remat", "unet_upsample", "data.image_size", "motion", "variance", "transmorph", "loss.snr_form",
                   "loss.minmax_scope", "loss.use_mask", "loss.ncc_window", "loss.mi_bins",
-                  "optim.motion_schedule")
+                  "optim.motion_schedule", "data.order", "batch_size")
 
 
-def _get(config, key: str):
+def _get(config, key: str, default=None):
     for part in key.split("."):
+        if default is not None and part not in config:
+            return default
         config = config[part]
     return config
+
+
+# The stream of ``data.order="device"``'s batch draws: folded into the seed's key, apart from the
+# initialisation's and the dropout's keys.
+ORDER_STREAM = 0x0BA7C4
+
+
+def drawn_batch_indices(seed, step, n: int, batch_size: int) -> jax.Array:
+    """``data.order="device"``: the pair indices of step ``step``'s global batch, drawn with
+    replacement by ``jax.random`` from the seed and the step (traced or not, on any backend: the
+    same bits), so that a compiled chunk draws its own batches without the host."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), ORDER_STREAM), step)
+    return jax.random.randint(key, (batch_size,), 0, n, dtype=jnp.int32)
 
 
 def hparams(config) -> dict[str, np.ndarray]:
@@ -131,11 +146,11 @@ def structure(config) -> ml_collections.ConfigDict:
     """The part of ``config`` that the compiled programs depend on (`STRUCTURE_KEYS`); keys
     that older configs lack take their defaults."""
     defaults = {"compute_dtype": "float32", "remat": "none", "steps_per_call_form": "auto",
-                "unet_upsample": "subpixel"}
+                "unet_upsample": "subpixel", "data.order": "host"}
     out = ml_collections.ConfigDict()
     for key in STRUCTURE_KEYS:
         head, _, tail = key.partition(".")
-        value = config.get(head, defaults.get(head)) if not tail else _get(config, key)
+        value = config.get(head, defaults.get(head)) if not tail else _get(config, key, defaults.get(key))
         if isinstance(value, ml_collections.ConfigDict):
             value = ml_collections.ConfigDict(value.to_dict())
         if tail:
@@ -453,10 +468,17 @@ class StepPrograms:
             return state.replace(step=state.step + 1), measures
         return iterate
 
-    def _gather(self, data, indices, i):
-        """Step ``i``'s batch of a chunk, gathered from the data on the devices and sharded."""
+    def _gather(self, data, indices, i, state, hp):
+        """Step ``i``'s batch of a chunk, gathered from the data on the devices and sharded: the
+        indices are row ``i`` of ``indices`` (``data.order="host"``), or drawn here from the seed and
+        the state's step (``"device"``, where ``indices`` is ``[K, 0]`` and carries only K)."""
         batch_sharding = sharding.batch_sharding(self.mesh)
-        return {k: jax.lax.with_sharding_constraint(jnp.take(v, indices[i], axis=0), batch_sharding)
+        if self.config.data.order == "device":
+            n = next(iter(data.values())).shape[0]
+            rows = drawn_batch_indices(hp["seed"], state.step, n, self.config.batch_size)
+        else:
+            rows = indices[i]
+        return {k: jax.lax.with_sharding_constraint(jnp.take(v, rows, axis=0), batch_sharding)
                 for k, v in data.items()}
 
     def _unrolled_chunk(self, phase: str) -> Callable:
@@ -466,7 +488,7 @@ class StepPrograms:
             del length  # == len(indices): the steps are traced one after the other
             measures = []
             for i in range(indices.shape[0]):
-                state, m = iterate(state, self._gather(data, indices, i), hp)
+                state, m = iterate(state, self._gather(data, indices, i, state, hp), hp)
                 measures.append(m)
             return state, {k: jnp.stack([m[k] for m in measures]) for k in measures[0]}
         return run
@@ -475,15 +497,12 @@ class StepPrograms:
         iterate = self._iteration(phase)
 
         def run(state, data, indices, length, hp):
-            def gather(i):
-                return self._gather(data, indices, i)
-
             def body(i, carry):
                 state, stacked = carry
-                state, measures = iterate(state, gather(i), hp)
+                state, measures = iterate(state, self._gather(data, indices, i, state, hp), hp)
                 return state, {k: stacked[k].at[i].set(v) for k, v in measures.items()}
 
-            shapes = jax.eval_shape(iterate, state, gather(0), hp)[1]
+            shapes = jax.eval_shape(iterate, state, self._gather(data, indices, 0, state, hp), hp)[1]
             stacked = {k: jnp.zeros((indices.shape[0],), v.dtype) for k, v in shapes.items()}
             # A loop whose trip count is only known at run time: the same program (and the same
             # floating-point results) for every chunk length up to len(indices), K = 1 included.
