@@ -38,17 +38,18 @@ def _final_params(trainer, workdir):
 
 
 def test_runs_that_differ_in_hyperparameters_share_one_compiled_step():
-    a = steps.Trainer(_config())
-    b = steps.Trainer(_config(seed=1, **{"loss.gamma": 0.25, "loss.beta": 1.0, "optim.motion_lr": 3e-4,
-                                          "data.root": None, "log_every": 2}))
-    other = steps.Trainer(_config(method="mse"))
+    one = dict(steps_per_call=1, **{"data.on_device": "device"})  # a one-step chunk: the cheapest to compile
+    a = steps.Trainer(_config(**one))
+    b = steps.Trainer(_config(seed=1, **one, **{"loss.gamma": 0.25, "loss.beta": 1.0, "optim.motion_lr": 3e-4,
+                                                 "data.root": None, "log_every": 2}))
+    other = steps.Trainer(_config(method="mse", **one))
     assert a.programs is b.programs and other.programs is not a.programs
     splits = pipeline.load_splits(_config())
     program = a.programs.chunk["alternating"]
     before = program._cache_size()
     states = []
     for trainer in (a, b):
-        state, _ = Feed(trainer, splits["train"], trainer.config).run(trainer.init_state(), 0, 3, "alternating")
+        state, _ = Feed(trainer, splits["train"], trainer.config).run(trainer.init_state(), 0, 1, "alternating")
         states.append(jax.tree.map(np.asarray, jax.device_get(state.motion_params)))
     assert program._cache_size() - before <= 1  # both runs, one compilation (none if cached before)
     assert program._cache_size() >= 1
@@ -74,7 +75,7 @@ def test_a_traced_gamma_gives_the_bits_of_a_constant_one(gamma):
 
 
 def test_seeds_trained_together_match_separate_runs_and_resume(tmp_path):
-    configs = [_config(seed=s) for s in (0, 1)]
+    configs = [_config(seed=s, steps_per_call=1, **{"data.on_device": "device"}) for s in (0, 1)]
     alone = [str(tmp_path / f"alone{s}") for s in (0, 1)]
     together = [str(tmp_path / f"together{s}") for s in (0, 1)]
     for config, workdir in zip(configs, alone):
@@ -111,13 +112,15 @@ def test_seeds_trained_together_match_separate_runs_and_resume(tmp_path):
         train.train_and_evaluate_together(configs, together)
     assert sorted(os.listdir(os.path.join(together[1], "checkpoints"))) == ["3"]
     with pytest.raises(ValueError, match="differ in batch_size"):
-        train.train_and_evaluate_together([configs[0], _config(seed=1, batch_size=8)], together)
+        train.train_and_evaluate_together([configs[0], _config(seed=1, batch_size=8, steps_per_call=1,
+                                                               **{"data.on_device": "device"})], together)
 
 
 def test_the_runner_compiles_the_training_step_once_for_all_seeds(tmp_path, caplog):
     """JAX_LOG_COMPILES: the chunk of steps (``jit(run)``) is compiled once for seeds 0 and 1, and the
     vmapped chunk of the pair once."""
-    config = _config(num_steps=3, checkpoint_every=3, **{"loss.gamma": 0.3})  # a structure no other test built
+    config = _config(num_steps=3, checkpoint_every=3, steps_per_call=1,  # one-step chunks on the devices
+                     **{"loss.gamma": 0.3, "data.on_device": "device"})  # and a structure no other test built
     config.motion.enc_features = (8, 12)
     runs = experiment_runs.plan("1", [0, 1], ["voxelmorph"], ["ours"], ["acdc"])[0]
 

@@ -61,7 +61,7 @@ def test_each_step_leaves_the_other_network_bit_identical(trainer_and_batch, ste
 def test_no_gradient_flows_through_the_weight_map(trainer_and_batch):
     _, trainer, batch = trainer_and_batch
     state = trainer.init_state()
-    grad_fn = jax.grad(lambda vp, mp: trainer._motion_loss(mp, vp, batch, None, True)[0], argnums=(0, 1))
+    grad_fn = jax.jit(jax.grad(lambda vp, mp: trainer._motion_loss(mp, vp, batch, None, True)[0], argnums=(0, 1)))
     g_var, g_motion = grad_fn(state.variance_params, state.motion_params)
     assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(g_var))
     assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(g_motion)) > 0
@@ -286,3 +286,19 @@ def test_validation_writes_dice_and_an_example_figure_to_tensorboard(tmp_path, t
             i += 16 + length
             images += [(event.step, v.tag) for v in event.summary.value if v.HasField("image")]
     assert images == [(2, "validation/examples"), (4, "validation/examples")]
+
+
+def test_fresh_state_is_the_eager_init_bit_for_bit(trainer_and_batch):
+    """``fresh_state`` initialises with ``lazy_init`` (no forward pass): the same parameters as
+    ``init`` on a zero image, for both networks; vmapped over seeds, each row is that seed's."""
+    _, trainer, _ = trainer_and_batch
+    programs = trainer.programs
+    k_motion, k_var = jax.random.split(jax.random.key(3))
+    dummy = jnp.zeros((1, *programs.image_size, 1), jnp.float32)
+    expected = (programs.motion_model.init(k_motion, dummy, dummy)["params"],
+                programs.variance_model.init(k_var, dummy, dummy)["params"])
+    state = programs.fresh_state(3)
+    _assert_trees_equal(_host(expected), _host((state.motion_params, state.variance_params)))
+    stacked = jax.vmap(programs.fresh_state)(jnp.asarray([5, 3], jnp.int32))
+    _assert_trees_equal(_host(expected), _host(jax.tree.map(lambda x: x[1], (stacked.motion_params,
+                                                                              stacked.variance_params))))

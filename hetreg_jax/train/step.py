@@ -311,13 +311,17 @@ class StepPrograms:
         return sharding.replicate(self.fresh_state(seed), self.mesh)
 
     def fresh_state(self, seed) -> ts.TrainState:
-        """Fresh parameters and optimiser states of ``seed`` (an int or a traced int32), unplaced."""
+        """Fresh parameters and optimiser states of ``seed`` (an int or a traced int32), unplaced.
+
+        ``lazy_init`` computes only the initialisers, not the networks' forward pass on a dummy
+        input: the same bits as ``init`` (tested), with fewer operations to compile (on a 2-core CPU
+        a new TransMorph run starts in about half the time)."""
         k_motion, k_var = jax.random.split(jax.random.key(seed))
-        dummy = jnp.zeros((1, *self.image_size, 1), jnp.float32)
-        motion_params = self.motion_model.init(k_motion, dummy, dummy)["params"]
+        dummy = jax.ShapeDtypeStruct((1, *self.image_size, 1), jnp.float32)
+        motion_params = self.motion_model.lazy_init(k_motion, dummy, dummy)["params"]
         variance_params = {}
         if self.variance_model is not None:
-            variance_params = self.variance_model.init(k_var, dummy, dummy)["params"]
+            variance_params = self.variance_model.lazy_init(k_var, dummy, dummy)["params"]
         return ts.create(motion_params, variance_params, self.motion_tx, self.variance_tx)
 
     # ----------------------------------------------------------------------------- forward
