@@ -45,8 +45,8 @@ def images():
 def test_parameters_are_float32_and_the_same_tree_in_every_mode(name, images):
     def init(dtype, remat, abstract=True):
         model = _build(name, dtype=dtype, remat=remat)
-        fn = lambda: model.init(jax.random.key(0), *images)["params"]  # noqa: E731
-        return jax.eval_shape(fn) if abstract else fn()
+        fn = lambda: model.lazy_init(jax.random.key(0), *images)["params"]  # noqa: E731
+        return jax.eval_shape(fn) if abstract else jax.jit(fn)()  # jitted: one compilation, the same for both
 
     reference = _paths(init(jnp.float32, False))
     assert {dtype for _, _, dtype in reference} == {F32}
@@ -70,7 +70,7 @@ def _intermediate_dtypes(model, params, images):
 ])
 def test_bfloat16_runs_inside_the_networks_and_their_outputs_are_float32(name, inner, head, images):
     model = _build(name, dtype=jnp.bfloat16)
-    params = model.init(jax.random.key(0), *images)["params"]
+    params = model.lazy_init(jax.random.key(0), *images)["params"]
     dtypes = _intermediate_dtypes(model, params, images)
     inside = {k: v for k, v in dtypes.items() if k.startswith(inner)}
     assert len(inside) >= 5 and set(inside.values()) == {BF16}, inside
@@ -94,7 +94,7 @@ def test_bfloat16_runs_inside_the_networks_and_their_outputs_are_float32(name, i
 
 def _loss_and_grads(name, remat, images):
     model = _build(name, remat=remat)
-    params = _build(name).init(jax.random.key(1), *images)["params"]
+    params = _build(name).lazy_init(jax.random.key(1), *images)["params"]
     kwargs = {}
     if name == "transmorph":  # stochastic depth on: the dropout rng must replay identically
         kwargs = dict(train=True, rngs={"dropout": jax.random.key(7)})

@@ -42,7 +42,7 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 def init_params(model: nn.Module, rng: jax.Array, image_shape: Sequence[int], batch: int = 1):
-    """Initialise ``model`` on two zero images ``[batch, *image_shape, 1]``; returns ``params``.
+    """Initialise ``model`` for two images ``[batch, *image_shape, 1]``; returns ``params``.
 
     ``image_shape`` is the spatial shape only (``ndim`` = its length). Only shapes matter, so
     ``jax.eval_shape(lambda: init_params(...))`` gives the tree of ``ShapeDtypeStruct`` without
@@ -50,9 +50,10 @@ def init_params(model: nn.Module, rng: jax.Array, image_shape: Sequence[int], ba
     size (any size the model accepts gives the same tree). ``rng`` seeds both the ``params`` and
     ``dropout`` streams (models without dropout ignore the latter).
     """
-    image = jnp.zeros((batch, *image_shape, 1), jnp.float32)
+    image = jax.ShapeDtypeStruct((batch, *image_shape, 1), jnp.float32)
     params_rng, dropout_rng = jax.random.split(rng)
-    variables = model.init({"params": params_rng, "dropout": dropout_rng}, image, image)
+    # lazy_init: the initialisers alone, without the forward pass (the same bits as ``init``).
+    variables = model.lazy_init({"params": params_rng, "dropout": dropout_rng}, image, image)
     return variables["params"]
 
 
