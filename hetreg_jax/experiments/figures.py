@@ -307,8 +307,9 @@ def fig4(runs, base, root, profile) -> str | None:
             ax.set_yticks([])
             if k == 0:
                 ax.set_title(title, fontsize=8)
-    fig.suptitle(f"Displacement uncertainty σ_z against the true endpoint error (test pairs, seed {seed})",
-                 fontsize=10)
+    what = ("against the true endpoint error" if errors else
+            "(real data: no true displacement, so no endpoint error)")
+    fig.suptitle(f"Displacement uncertainty σ_z {what} (test pairs, seed {seed})", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     path = os.path.join(root, "fig4.png")
     fig.savefig(path, dpi=110)
