@@ -218,6 +218,9 @@ def test_a_patient_tested_in_three_seeds_counts_once(tmp_path):
     seed_means = [np.mean(va[24 * s:24 * (s + 1)]) for s in range(3)]
     assert dice["seeds_a"]["mean"] == pytest.approx(np.mean(seed_means))
     assert dice["seeds_a"]["sd"] == pytest.approx(np.std(seed_means, ddof=1)) and dice["seeds_a"]["n"] == 3
+    seed_diffs = [np.mean(np.subtract(va, vb)[24 * s:24 * (s + 1)]) for s in range(3)]
+    assert dice["seeds_diff"]["mean"] == pytest.approx(np.mean(seed_diffs))
+    assert dice["seeds_diff"]["sd"] == pytest.approx(np.std(seed_diffs, ddof=1))
 
 
 def test_on_phantoms_a_subject_of_each_seed_is_its_own_unit(tmp_path):
@@ -271,9 +274,9 @@ def acdc_table(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("acdc_runs"))
     base = make_tiny_config(**{"data.root": data, "data.folds": 3, "num_steps": 2, "checkpoint_every": 2})
     profile = experiment_runs.Profile("paper", {})
-    paths = experiments.run_table("1", base, root, profile, seeds=[0], models=["voxelmorph"],
+    paths = experiments.run_table("1", base, root, profile, seeds=[0, 1], models=["voxelmorph"],
                                   methods=["mse", "ours"], folds=[0], figures=False, say=lambda *a: None)
-    paths += experiments.run_table("2", base, root, profile, seeds=[0], models=["voxelmorph"],
+    paths += experiments.run_table("2", base, root, profile, seeds=[0, 1], models=["voxelmorph"],
                                    methods=["mse", "ours"], folds=[0], figures=False, say=lambda *a: None)
     return data, root, paths
 
@@ -292,9 +295,25 @@ def test_the_runner_on_an_acdc_folder_writes_per_structure_px_and_mm_tables(acdc
     for heading in (", myocardium:", ", LV cavity:", ", RV cavity:"):
         assert heading in text
     assert "| HD mm |" in text or " HD mm |" in text
+    both = tested | {row["subject"] for row in csv.DictReader(open(os.path.join(
+        root, "acdc", "voxelmorph", "ours", "seed1_fold0", "eval", "test_per_pair.csv")))}
     table2 = open(os.path.join(root, "table2.md"), encoding="utf-8").read()
     line = next(x for x in table2.splitlines() if "| MSE |" in x)
-    assert line.split("|")[7].strip() == str(len(tested))  # n patients
+    assert line.split("|")[7].strip() == str(len(both))  # n patients: each seed's fold 0 tests its own split
+
+    # seeds are replicate trainings: the mean ± sd (ddof 1) of the two seeds' means, and of their differences
+    def seed_mean(method, seed):
+        rows = experiment_runs.read_rows(os.path.join(root, "acdc", "voxelmorph", method, f"seed{seed}_fold0"))
+        return np.mean([r["dice"] for r in rows if r["status_myo"] in ("ok", "empty_prediction")])
+
+    ours, mse = [seed_mean("ours", s) for s in (0, 1)], [seed_mean("mse", s) for s in (0, 1)]
+    myo = text.split(", myocardium:")[1].split("\n\n")[1]
+    assert "Dice % over seeds (mean ± sd of the per-seed means)" in myo.splitlines()[0]
+    row = next(x for x in myo.splitlines() if x.startswith("| VoxelMorph ours"))
+    assert row.split("|")[-2].strip() == f"{np.mean(ours):.2f} ± {np.std(ours, ddof=1):.2f} (2 seeds)"
+    diff = np.subtract(ours, mse)
+    assert f"per seed {np.mean(diff):+.2f} ± {np.std(diff, ddof=1):.2f} (2 seeds)" in row
+    assert f"| {np.mean(diff):+.2f} ± {np.std(diff, ddof=1):.2f} (2 seeds) |" in line
 
 
 def test_a_stale_evaluation_is_redone_without_training(acdc_table):

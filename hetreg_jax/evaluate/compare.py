@@ -13,7 +13,8 @@ where either value is NaN left out, and the test runs over the patients (``n``).
 phantoms, which each seed draws anew, the unit is (seed, subject). The pair-level test, which
 counts the correlated slices of one patient as independent and overstates the evidence, is
 reported beside it as ``p_pairs`` (the paper's). Seeds are replicate trainings: ``seeds_a`` /
-``seeds_b`` give the mean ± sd of the per-seed means. ``n_nan_a`` / ``n_nan_b`` count the common
+``seeds_b`` give the mean ± sd of the per-seed means, and ``seeds_diff`` that of the per-seed mean
+differences A − B (how much the comparison itself varies between trainings). ``n_nan_a`` / ``n_nan_b`` count the common
 pairs whose value is NaN (e.g. HD of an empty warped structure); pairs on which a structure is not
 labelled in both frames (``status_<s>`` = ``absent``) are left out of its columns. ``a_better``
 counts the patients whose mean is higher in A (better for Dice, worse for a distance).
@@ -124,8 +125,13 @@ def compare(run_a: str, run_b: str, names) -> dict:
                                 "t": test["t"], "p": test["p"], "n": test["n"], "mean_diff": test["mean_diff"],
                                 "a_better": test["a_better"], "n_pairs": test["n_obs"], "p_pairs": test["p_obs"],
                                 "seeds_a": metrics.replicate_summary(seeds, va),
-                                "seeds_b": metrics.replicate_summary(seeds, vb)}
+                                "seeds_b": metrics.replicate_summary(seeds, vb),
+                                "seeds_diff": metrics.replicate_summary(seeds, va - vb)}
     return out
+
+
+def _replicates(summary: dict) -> str:
+    return f"{summary['mean']:.3f} ± {summary['sd']:.3f}"
 
 
 def main(argv):
@@ -144,6 +150,13 @@ def main(argv):
     for name, r in result["metrics"].items():
         print(f"{name:10s} {r['mean_a']:9.3f} {r['mean_b']:9.3f} {r['mean_diff']:9.3f} {r['p']:9.3g} {r['n']:8d} "
               f"{r['a_better']:8d} {r['p_pairs']:9.3g} {r['n_pairs']:6d} {r['n_nan_a']:>3d},{r['n_nan_b']:<4d}")
+    several = {name: r for name, r in result["metrics"].items() if r["seeds_diff"]["n"] > 1}
+    if several:
+        print(f"seeds as replicate trainings: mean ± sd (ddof 1) of the per-seed means\n"
+              f"{'metric':10s} {'seeds':>5s} {'A':>17s} {'B':>17s} {'A - B':>17s}")
+    for name, r in several.items():
+        print(f"{name:10s} {r['seeds_diff']['n']:5d} {_replicates(r['seeds_a']):>17s} {_replicates(r['seeds_b']):>17s} "
+              f"{_replicates(r['seeds_diff']):>17s}")
     print(json.dumps(workdir.json_safe(result), allow_nan=False))
 
 

@@ -260,14 +260,32 @@ def structure_tables(runs, base, root, profile, datasets) -> str:
                 if method not in ("undeformed", "mse") and mse and chosen:
                     t = paired(chosen, mse, root, evaluation.key("dice", name))
                     if t["n"]:
-                        test = f"{t['mean_diff']:+.2f} (p = {_p(t['p'])}, {t['a_better']}/{t['n']} better)"
-                extra.append([str(empty), f"{patients}, {len(rows)}, {len({r.seed for r in chosen})}", test])
+                        test = f"{t['mean_diff']:+.2f} (p = {_p(t['p'])}, {t['a_better']}/{t['n']} better" + \
+                               (f"; per seed {seeds_cell(t['seeds_diff'], sign=True)}" if t["seeds_diff"]["n"] > 1
+                                else "") + ")"
+                dice = prefix + evaluation.key("dice", name)
+                replicas = metrics.replicate_summary([r.seed for r in chosen for _ in scored_rows(r, root, name)],
+                                                     [row.get(dice, math.nan) for r in chosen
+                                                      for row in scored_rows(r, root, name)])
+                extra.append([str(empty), f"{patients}, {len(rows)}, {len({r.seed for r in chosen})}", test,
+                              seeds_cell(replicas)])
+            several = any(row[-1] != "–" for row in extra)
             marked = mark(columns, [h for _, _, h in present], skip_rows=(0,))
             header = ["method"] + [lab for _, lab, _ in present]
             header += ["empty warped", "n (patients, pairs, seeds)", "Δ Dice vs MSE (p over patients)"]
-            body = [[row_name(*k)] + [marked[c][i] for c in range(len(present))] + extra[i] for i, k in enumerate(keys)]
+            header += ["Dice % over seeds (mean ± sd of the per-seed means)"] if several else []
+            body = [[row_name(*k)] + [marked[c][i] for c in range(len(present))] + extra[i][:len(header) - 1 - len(present)]
+                    for i, k in enumerate(keys)]
             blocks.append(f"\n{dataset_name(dataset, base)}, {label}:\n\n" + markdown(header, body))
     return "".join(blocks)
+
+
+def seeds_cell(summary: dict, sign: bool = False) -> str:
+    """``mean ± sd (n seeds)`` of per-seed means (``metrics.replicate_summary``); '–' for fewer than two
+    seeds, whose spread is not measured."""
+    if not summary or summary.get("n", 0) < 2:
+        return "–"
+    return f"{summary['mean']:{'+' if sign else ''}.2f} ± {summary['sd']:.2f} ({summary['n']} seeds)"
 
 
 def _paper_value(paper, paper_datasets, dataset, model, method, metric) -> float:
@@ -332,7 +350,10 @@ def report_table1(runs, base, root, profile, skipped, args, name="table1", title
                  "voxel spacing, where the data has one); mean ± std over the pooled test pairs on which "
                  "the structure is labelled in both frames. 'empty warped': pairs whose warped ED "
                  "structure is empty (Dice 0; their surface metrics are left out of the means, "
-                 "`eval.empty_penalty=\"nan\"`, or set to the crop diagonal, `\"diagonal\"`).\n" + per_structure)
+                 "`eval.empty_penalty=\"nan\"`, or set to the crop diagonal, `\"diagonal\"`). With several "
+                 "seeds (replicate trainings), 'over seeds' and 'per seed' give the mean ± sd (ddof 1) of each "
+                 "seed's mean over its own test pairs (every fold it finished) and of each seed's mean "
+                 "difference from MSE.\n" + per_structure)
     md = [f"# {title or 'Table 1: contour metrics of the myocardium (ES vs warped ED)'}\n",
           _setting(runs, base, root, profile), text,
           "\nWall time per run (this machine, the median over seeds: a run made while the machine was busy takes longer):\n", cost_table(runs, base, root, profile, datasets)]
@@ -359,7 +380,7 @@ def report_table3(runs, base, root, profile, skipped, args) -> list[str]:
 
 # ------------------------------------------------------------------------------------ Table 2
 NO_TEST = dict(t=math.nan, p=math.nan, n=0, mean_diff=math.nan, mean_a=math.nan, mean_b=math.nan,
-               n_pairs=0, p_pairs=math.nan, a_better=0)
+               n_pairs=0, p_pairs=math.nan, a_better=0, seeds_diff=dict(mean=math.nan, sd=math.nan, n=0, means=[]))
 
 
 def paired(runs_a, runs_b, root, metric="dice") -> dict:
@@ -397,7 +418,8 @@ def report_table2(runs, base, root, profile, skipped, args) -> list[str]:
                              METHOD_NAMES.get(method, method),
                              "–" if math.isnan(t["mean_diff"]) else f"{t['mean_diff']:+.2f}",
                              "–" if math.isnan(t["t"]) else f"{t['t']:.2f}", _p(t["p"]), str(t["n"]),
-                             f"{t['a_better']}/{t['n']}", _p(t["p_pairs"]), str(t["n_pairs"]), paper])
+                             f"{t['a_better']}/{t['n']}", seeds_cell(t["seeds_diff"], sign=True), _p(t["p_pairs"]),
+                             str(t["n_pairs"]), paper])
     text = ["# Table 2: paired t-tests of ours against each baseline (Dice)\n", _setting(runs, base, root, profile),
             "The unit of the test is the patient (the subject; on phantoms, which every seed draws anew, "
             "(seed, subject)): each patient's pairs are averaged, over every seed and fold that tested "
@@ -405,9 +427,11 @@ def report_table2(runs, base, root, profile, skipped, args) -> list[str]:
             "patients of ours − the baseline, in Dice points; 'ours better' counts the patients. The "
             "pair-level test (pairs pooled as independent, the paper's, which overstates the evidence "
             "when one patient contributes many correlated slices) is shown for comparison. The paper "
-            "reports only ours vs the MSE network of the same architecture.\n",
+            "reports only ours vs the MSE network of the same architecture. 'Δ per seed': the mean ± sd "
+            "(ddof 1) of each seed's mean difference, i.e. how much the comparison varies between replicate "
+            "trainings ('–' with one seed).\n",
             markdown(["data", "network", "baseline", "Δ Dice (points)", "t", "p (patients)", "n patients",
-                      "ours better", "p (pairs)", "n pairs", "paper's p"], rows)]
+                      "ours better", "Δ per seed", "p (pairs)", "n pairs", "paper's p"], rows)]
     path = _write_markdown(root, "table2.md", text, runs, skipped)
     return [path]
 
