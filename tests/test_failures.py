@@ -21,7 +21,11 @@ import pytest
 
 from cli_support import ROOT, error_line, snapshot
 from conftest import make_tiny_config
+from hetreg_jax.base.errors import InputError
 from hetreg_jax.config import check as config_check
+from hetreg_jax.config import json_config
+from hetreg_jax.data import pipeline
+from hetreg_jax.evaluate import compare
 from hetreg_jax.base import sharding
 from hetreg_jax.train import loop as train
 from hetreg_jax.base import workdir as workdir_lib
@@ -106,6 +110,7 @@ BAD_VALUES = {
     "data.noise_scale": (-0.5, "a finite number >= 0"),
     "eval.val_pairs": (-1, "a whole number >= 0"),
     "eval.sparsification_steps": (1, "a whole number >= 2"),
+    "eval.split": ("val", "one of 'test', 'all'"),
     "batch_size": (0, "a whole number >= 1"),
     "seed": (-3, "a whole number >= 0"),
 }
@@ -248,11 +253,38 @@ def test_read_only_disk_is_refused_before_any_work_and_eval_can_report_elsewhere
         proc = cli.run(run, "--mode=eval", f"--out={report}")
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert sorted(os.listdir(report)) == [
-            "test_examples.png", "test_metrics.json", "test_per_pair.csv", "uncertainty.png"]
+            "config.json", "test_examples.png", "test_metrics.json", "test_per_pair.csv", "uncertainty.png"]
         with open(os.path.join(report, "test_metrics.json")) as f, \
                 open(os.path.join(trained, "eval", "test_metrics.json")) as g:
             assert f.read() == g.read()
         assert snapshot(run) == before
+    # the report folder names what it evaluated, and compare reads it like a run
+    assert workdir_lib.recorded_config(report) == workdir_lib.recorded_config(trained)
+    assert compare.compare(report, trained, ["dice"])["metrics"]["dice"]["mean_diff"] == 0.0
+
+
+def test_eval_on_other_data_needs_out_and_leaves_the_runs_reports(trained_copy, tmp_path):
+    before = snapshot(trained_copy)
+    config = json_config.config_from_json(os.path.join(trained_copy, "config.json"))
+    config.seed = 1  # another seed draws other phantoms: not the run's own test split
+    with pytest.raises(InputError, match=r"on other data than its own test split \(seed: 0 -> 1\) needs --out"):
+        train.evaluate_checkpoint(config, trained_copy)
+    config.seed, config.data.order = 0, "device"  # how training batches are drawn: the same test pairs
+    assert workdir_lib.evaluated_data_changes(config, trained_copy) == {}
+    # every pair of the data (a network tested on another dataset): only with --out, never in training
+    config.eval.split = "all"
+    with pytest.raises(InputError, match=r"\(eval.split: 'test' -> 'all'\) needs --out"):
+        train.evaluate_checkpoint(config, trained_copy)
+    with pytest.raises(InputError, match=r"config.eval.split='all' scores every pair, training pairs included"):
+        train.train_and_evaluate(config, str(tmp_path / "new"))
+    assert not os.path.exists(tmp_path / "new") and snapshot(trained_copy) == before
+    report = str(tmp_path / "all")
+    summary = train.evaluate_checkpoint(config, trained_copy, out=report)
+    splits = pipeline.load_splits(config)
+    assert summary["n_pairs"] == sum(pipeline.num_pairs(splits[name]) for name in pipeline.SPLITS)
+    assert summary["n_pairs"] > pipeline.num_pairs(splits["test"])
+    assert workdir_lib.recorded_config(report)["eval"]["split"] == "all"
+    assert snapshot(trained_copy) == before
 
 
 def test_full_disk_keeps_the_last_checkpoint_and_a_rerun_resumes(cli, trained, tmp_path):

@@ -52,7 +52,8 @@ FREE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_c
 FREE_PREFIXES = ("eval.",)
 # Keys added after runs were first recorded, each with the value that reproduces those runs: a
 # recorded config that lacks one reads as having it, so an older run resumes without a mismatch.
-LATER_DEFAULTS = {"compute_dtype": "float32", "remat": "none", "unet_upsample": "subpixel", "data.order": "host"}
+LATER_DEFAULTS = {"compute_dtype": "float32", "remat": "none", "unet_upsample": "subpixel", "data.order": "host",
+                  "eval.split": "test"}
 
 _ABSENT = "<absent>"
 
@@ -331,6 +332,20 @@ def config_changes(config, workdir: str, allow_change: bool = False) -> dict[str
             "rerun with --allow_config_change to continue with the new config, or choose another --workdir",
             restricted)
     return diffs
+
+
+# Keys that decide which test pairs an evaluation scores (data.order and data.on_device only decide
+# how training batches are drawn and placed).
+EVAL_DATA_FREE = ("data.order", "data.on_device")
+
+
+def evaluated_data_changes(config, workdir: str) -> dict[str, tuple[Any, Any]]:
+    """``{key: (recorded, now)}`` of the keys (``seed``, ``data.*``, ``eval.split``) that make an
+    evaluation of ``workdir`` score other pairs than its own test split; empty without a recorded
+    config."""
+    changes = config_changes(config, workdir, allow_change=True)
+    return {k: v for k, v in changes.items()
+            if (k in ("seed", "eval.split") or k.startswith("data.")) and k not in EVAL_DATA_FREE}
 
 
 def record_config(config, workdir: str, changes: Mapping[str, tuple[Any, Any]], step: int = 0) -> None:

@@ -215,8 +215,10 @@ def evaluate(config, workdir: str, out: str | None = None, record: bool = True,
     lead = jax.process_index() == 0
     data = config.data
     say(f"loading data: {data.root or f'built-in {data.dataset} phantoms'}, {'x'.join(map(str, data.image_size))} ...")
+    if record:
+        pipeline.refuse_all_split(config)
     splits = pipeline.load_splits(config)
-    test = splits["test"]
+    test = pipeline.evaluated(splits, config)
     outdir = out or os.path.join(workdir, "eval")
     with workdir_lib.WorkdirLock(workdir, enabled=lead, read_only=not record) as lock:
         if record:

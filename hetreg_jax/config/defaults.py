@@ -135,6 +135,8 @@ def get_config() -> ml_collections.ConfigDict:
                                     # (`nan`: left out of the means; `diagonal`: the crop's diagonal in px and mm)
     c.eval.val_pairs = 32           # validation pairs used for the periodic Dice (0 = all)
     c.eval.sparsification_steps = 50  # fractions removed in the sparsification curve (AUSE)
+    c.eval.split = "test"           # pairs --mode=eval scores: "test" (the test split) or "all" (every pair of data.root)
+                                    # `all`: a trained network tested on another dataset, with --out (training refuses it)
 
     c.elastix = ml_collections.ConfigDict()  # method="elastix": B-spline registration per pair (elastix.py)
     c.elastix.metric = "mean_squares"  # "mean_squares", "mutual_information" (Mattes) or "ncc"

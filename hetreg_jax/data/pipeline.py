@@ -97,6 +97,21 @@ def fold_splits(names: Sequence[str], seed: int, folds: int, fold: int) -> dict[
             "val": parts[val], "test": parts[fold]}
 
 
+def evaluated(splits: Mapping[str, Mapping], config) -> dict:
+    """The pairs the test evaluation scores: the test split, or with ``eval.split="all"`` every pair
+    of every split (a trained network tested on another dataset)."""
+    if config.eval.get("split", "test") == "all":
+        return concat([splits[name] for name in SPLITS if num_pairs(splits[name])])
+    return splits["test"]
+
+
+def refuse_all_split(config) -> None:
+    """Training evaluates its own test split: ``eval.split="all"`` would score its training pairs."""
+    if config.eval.get("split", "test") != "test":
+        raise InputError(f"config.eval.split={config.eval.split!r} scores every pair, training pairs included: "
+                         "use it with --mode=eval (and --out) to test a trained network on other data")
+
+
 def concat(sets: Sequence[Mapping]) -> dict:
     """Pair sets concatenated (the same keys in each)."""
     keys = list(sets[0])

@@ -3,7 +3,9 @@
     python -m hetreg_jax.compare runs/ours runs/mse [--metrics=dice,hd,asd,epe]
     python -m hetreg_jax.compare runs/ours_s1,runs/ours_s2 runs/mse_s1,runs/mse_s2   # seeds or folds
 
-Reads ``<run>/eval/test_per_pair.csv`` of both runs and pairs the rows by ``pair_id`` (a pair missing
+Reads ``<run>/eval/test_per_pair.csv`` of both runs (or ``<folder>/test_per_pair.csv`` of a report
+folder written by ``--mode=eval --out=<folder>``, whose ``config.json`` names the evaluated data and
+seed) and pairs the rows by ``pair_id`` (a pair missing
 or excluded in either run is left out and counted). Comma-separated lists of runs (one per seed or
 cross-validation fold) are paired position by position: a row is keyed by (position, ``pair_id``).
 
@@ -46,7 +48,11 @@ flags.DEFINE_list("metrics", ["dice", "hd", "hd95", "asd", "assd", "hd_mm", "hd9
 
 
 def read_per_pair(run: str) -> dict[str, dict[str, str]]:
+    """The per-pair rows of a run (``run/eval/test_per_pair.csv``) or of a report folder written by
+    ``--mode=eval --out`` (``run/test_per_pair.csv``), by ``pair_id``."""
     path = os.path.join(run, "eval", "test_per_pair.csv")
+    if not os.path.isfile(path) and os.path.isfile(os.path.join(run, "test_per_pair.csv")):
+        path = os.path.join(run, "test_per_pair.csv")
     if not os.path.isfile(path):
         raise MissingFileError(f"{path}: no per-pair report (evaluate the run first)")
     with open(path, newline="", encoding="utf-8") as f:

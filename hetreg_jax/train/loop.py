@@ -198,6 +198,8 @@ def train_and_evaluate_together(configs, workdirs, mesh: jax.sharding.Mesh | Non
 
     if len(configs) != len(workdirs) or not configs:
         raise ValueError("train_and_evaluate_together needs one workdir per config")
+    for config in configs:
+        pipeline.refuse_all_split(config)
     if len(configs) > 1:
         why = same_but_hparams(configs)
         if why or any(_classical(c) for c in configs):
@@ -383,13 +385,21 @@ def evaluate_checkpoint(config, workdir: str, mesh: jax.sharding.Mesh | None = N
     """Evaluate the latest checkpoint of ``workdir`` on the test split (``--mode=eval``).
 
     The reports go to ``out`` (default ``workdir/eval``), so a run on a read-only disk can be
-    evaluated elsewhere. Refused, leaving the workdir as it was, while another process holds the
-    workdir ("in use", checked first), when there is no complete checkpoint, when the report folder
-    cannot be written, or when the checkpoint belongs to another model/method/size.
+    evaluated elsewhere, or on other data: ``out`` then also holds the evaluated ``config.json``
+    (its data and seed), which ``compare`` reads. Refused, leaving the workdir as it was, while
+    another process holds the workdir ("in use", checked first), when there is no complete
+    checkpoint, when the report folder cannot be written, when the checkpoint belongs to another
+    model/method/size, or when ``config`` tests other pairs than the run's own test split (another
+    ``data.*`` or ``seed``) without ``out``, which would overwrite the run's own reports.
     """
     validate_config(config)
+    other = workdir_lib.evaluated_data_changes(config, workdir) if os.path.isdir(workdir) else {}
+    if other and not out:
+        listing = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in other.items())
+        raise InputError(f"--mode=eval of {os.path.abspath(workdir)} on other data than its own test split "
+                         f"({listing}) needs --out=DIR, so that its reports in eval/ stay those of its run")
     if _classical(config):  # elastix has no checkpoint: --mode=eval registers the test pairs again
-        return elastix.evaluate(config, workdir, out=out, record=False)
+        return _record_evaluated(config, out, elastix.evaluate(config, workdir, out=out, record=False))
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     no_checkpoint = f"no checkpoint in {ckpt_dir}: train first (--mode=train)"
     if not os.path.isdir(workdir):
@@ -404,6 +414,17 @@ def evaluate_checkpoint(config, workdir: str, mesh: jax.sharding.Mesh | None = N
         splits, trainer, abstract = _prepare(config, mesh)
         state = load_checkpoint(trainer, config, workdir, abstract)
         say(f"evaluating the checkpoint of step {int(jax.device_get(state.step))} on the test split ...")
-        summary = evaluation.evaluate(trainer, state, splits["test"], config, outdir)
+        tested = pipeline.evaluated(splits, config)
+        if config.eval.split == "all":
+            say(f"eval.split='all': scoring all {pipeline.num_pairs(tested)} pairs of {config.data.root or 'the phantoms'}")
+        summary = evaluation.evaluate(trainer, state, tested, config, outdir)
     print_summary(summary, outdir)
+    return _record_evaluated(config, out, summary)
+
+
+def _record_evaluated(config, out: str | None, summary: dict) -> dict:
+    """Beside reports written to ``out``, the config they evaluated (``config.json``)."""
+    if out and jax.process_index() == 0:
+        workdir_lib.atomic_write_text(os.path.join(out, workdir_lib.CONFIG_NAME),
+                                      config.to_json_best_effort(indent=2, sort_keys=True))
     return summary
