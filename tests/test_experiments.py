@@ -140,7 +140,10 @@ def test_table2_t_test_matches_scipy_on_known_numbers(tmp_path):
     pairs = stats.ttest_rel(ours[0::2] + ours[1::2], mse[0::2] + mse[1::2])
     assert cells[3] == f"{np.mean(np.subtract(units_ours, units_mse)):+.2f}" and cells[4] == f"{expected.statistic:.2f}"
     assert cells[5] == f"{expected.pvalue:.2g}" and cells[6] == "3" and cells[7] == "3/3"
-    assert cells[8] == f"{pairs.pvalue:.2g}" and cells[9] == "5" and cells[10] == "0.02"
+    # seeds are replicate trainings: each seed's mean difference, then their mean ± sd (ddof 1)
+    per_seed = [np.mean(np.subtract(ours[s::2], mse[s::2])) for s in (0, 1)]
+    assert cells[8] == f"{np.mean(per_seed):+.2f} ± {np.std(per_seed, ddof=1):.2f} (2 seeds)"
+    assert cells[9] == f"{pairs.pvalue:.2g}" and cells[10] == "5" and cells[11] == "0.02"
 
 
 def test_eta_uses_the_median_of_the_most_similar_finished_runs(tmp_path):
