@@ -411,3 +411,26 @@ def test_validation_dice_falls_back_to_a_structure_labelled_in_both_frames():
     trainer = steps.Trainer(phantoms)
     dice, name = evaluation.validation_dice(trainer, trainer.init_state(), phantom_splits["val"], phantoms)
     assert name == "myocardium" and 0 < dice <= 100
+
+
+# ------------------------------------------------------------------------------------ example figure on real crops
+def test_the_example_weight_map_is_scaled_over_the_foreground():
+    """A min-max normalised crop is 0 at its darkest pixel: where both frames are 0 the SNR weight is
+    0 (outside the foreground), and the colour scale must span the foreground's weights only."""
+    from hetreg_jax.evaluate import figures
+
+    rng = np.random.default_rng(0)
+    moving, fixed = rng.uniform(0.1, 1, (1, 24, 24, 1)), rng.uniform(0.1, 1, (1, 24, 24, 1))
+    moving[0, 12, 12], fixed[0, 12, 12] = 0.0, 0.0
+    label = np.zeros((1, 24, 24), np.int32)
+    label[0, 8:16, 8:16], label[0, 10:14, 10:14] = 2, 3
+    weight = rng.uniform(0.5, 0.7, (1, 24, 24, 1))
+    weight[0, 12, 12] = 0.0
+    pairs = {"moving": moving, "fixed": fixed, "moving_label": label, "fixed_label": label, "pair_id": ["p0"]}
+    pred = {"warped": moving, "warped_myo": (label == 2)[..., None].astype(np.float32),
+            "displacement": np.zeros((1, 24, 24, 2)), "log_var": np.zeros((1, 24, 24, 1)), "weight": weight}
+    fig = figures.example_figure(pairs, pred)
+    panel = next(ax for ax in fig.axes if ax.get_title() == "SNR weight")
+    shown = np.asarray(panel.images[0].get_array())
+    assert shown.min() == 0.0  # the background pixel is in the crop shown
+    assert panel.images[0].get_clim() == (shown[shown > 0].min(), shown.max()) and shown[shown > 0].min() >= 0.5

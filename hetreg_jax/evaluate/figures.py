@@ -116,8 +116,15 @@ def example_figure(pairs, pred: dict, count: int = EXAMPLE_PAIRS):
                     ax.contour(mask[box].astype(float), levels=[0.5], colors=colour, linewidths=0.9)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
+        # the SNR weight is normalised over the foreground (moving or fixed non-zero): a pixel
+        # outside it (weight 0, e.g. where both min-max normalised crops are 0) would stretch the scale
+        foreground = ((moving != 0) | (fixed != 0))[box]
         for ax, (title, cmap, unit) in zip(row[3:], maps):
-            shown = ax.imshow(values[title][box], cmap=cmap)
+            limits = {}
+            if title == "SNR weight" and foreground.any():
+                limits = dict(vmin=float(values[title][box][foreground].min()),
+                              vmax=float(values[title][box][foreground].max()))
+            shown = ax.imshow(values[title][box], cmap=cmap, **limits)
             bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
             bar.set_label(unit, fontsize=7)
             bar.ax.tick_params(labelsize=6)
