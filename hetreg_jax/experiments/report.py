@@ -248,7 +248,8 @@ def structure_tables(runs, base, root, profile, datasets) -> str:
                             chosen.append(r)
                 else:
                     chosen = [r for r in mine if r.method == method and (method == "elastix" or r.model == model)]
-                rows = [row for r in chosen for row in scored_rows(r, root, name)]
+                seeded = [(r.seed, row) for r in chosen for row in scored_rows(r, root, name)]
+                rows = [row for _, row in seeded]
                 prefix = "undeformed_" if method == "undeformed" else ""
                 for c, (metric, _, _) in enumerate(present):
                     column = prefix + evaluation.key(metric.removesuffix("_mm"), name, metric.endswith("_mm"))
@@ -264,9 +265,8 @@ def structure_tables(runs, base, root, profile, datasets) -> str:
                                (f"; per seed {seeds_cell(t['seeds_diff'], sign=True)}" if t["seeds_diff"]["n"] > 1
                                 else "") + ")"
                 dice = prefix + evaluation.key("dice", name)
-                replicas = metrics.replicate_summary([r.seed for r in chosen for _ in scored_rows(r, root, name)],
-                                                     [row.get(dice, math.nan) for r in chosen
-                                                      for row in scored_rows(r, root, name)])
+                replicas = metrics.replicate_summary([seed for seed, _ in seeded],
+                                                     [row.get(dice, math.nan) for _, row in seeded])
                 extra.append([str(empty), f"{patients}, {len(rows)}, {len({r.seed for r in chosen})}", test,
                               seeds_cell(replicas)])
             several = any(row[-1] != "–" for row in extra)
@@ -274,7 +274,7 @@ def structure_tables(runs, base, root, profile, datasets) -> str:
             header = ["method"] + [lab for _, lab, _ in present]
             header += ["empty warped", "n (patients, pairs, seeds)", "Δ Dice vs MSE (p over patients)"]
             header += ["Dice % over seeds (mean ± sd of the per-seed means)"] if several else []
-            body = [[row_name(*k)] + [marked[c][i] for c in range(len(present))] + extra[i][:len(header) - 1 - len(present)]
+            body = [[row_name(*k)] + [marked[c][i] for c in range(len(present))] + (extra[i] if several else extra[i][:-1])
                     for i, k in enumerate(keys)]
             blocks.append(f"\n{dataset_name(dataset, base)}, {label}:\n\n" + markdown(header, body))
     return "".join(blocks)

@@ -390,7 +390,7 @@ def evaluate_checkpoint(config, workdir: str, mesh: jax.sharding.Mesh | None = N
     another process holds the workdir ("in use", checked first), when there is no complete
     checkpoint, when the report folder cannot be written, when the checkpoint belongs to another
     model/method/size, or when ``config`` tests other pairs than the run's own test split (another
-    ``data.*`` or ``seed``) without ``out``, which would overwrite the run's own reports.
+    ``data.*``, ``seed`` or ``eval.split``) without ``out``, which would overwrite the run's own reports.
     """
     validate_config(config)
     other = workdir_lib.evaluated_data_changes(config, workdir) if os.path.isdir(workdir) else {}
